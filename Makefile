@@ -1,0 +1,44 @@
+# One place for set-up; `make test` and `make demo` both start with it.
+# Idempotent: a second run only checks stamps and installed packages.
+SHELL := /bin/bash
+VENV := $(CURDIR)/.venv
+PY := $(VENV)/bin/python
+QIIME := $(VENV)/bin/qiime
+# Debian's QIIME 2 2022.11 stack (never PyPI), plus Chromium for the browser tests.
+APT_PACKAGES := qiime q2cli q2-types q2templates q2-feature-table q2-sample-classifier \
+	q2-diversity-lib q2-metadata chromium
+PIP_PACKAGES := torch==2.13.0 safetensors tensorboard tqdm pytest
+DEMO_DIR := demo-output
+
+.PHONY: setup apt test demo bench clean
+
+setup: apt $(VENV)/.setup-done
+
+apt:
+	@dpkg -s $(APT_PACKAGES) >/dev/null 2>&1 || { \
+	  echo "Installing Debian's QIIME 2 packages..."; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+	  apt-get install -y -q --no-install-recommends $(APT_PACKAGES); }
+
+# constraints.txt keeps pip from replacing Debian's numpy/pandas/h5py/biom.
+$(VENV)/.setup-done: setup.py constraints.txt bin/qiime-venv.sh
+	test -x $(PY) || /usr/bin/python3 -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install -q -c constraints.txt $(PIP_PACKAGES)
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	sed "s|@VENV@|$(VENV)|g" bin/qiime-venv.sh > $(QIIME) && chmod +x $(QIIME)
+	$(PY) -c "import numpy, pandas, h5py, biom; assert numpy.__version__ < '2', numpy.__version__; \
+	  assert all(m.__file__.startswith('/usr/lib/python3/') for m in (numpy, pandas, h5py, biom)), 'Debian stack replaced'"
+	$(QIIME) dev refresh-cache
+	touch $@
+
+test: setup
+	$(PY) -m pytest -q tests
+
+demo: setup
+	bash bin/demo.sh $(QIIME) $(PY) $(DEMO_DIR)
+
+bench: setup
+	$(PY) bench/pretrain_throughput.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

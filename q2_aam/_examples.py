@@ -1,0 +1,68 @@
+"""Usage examples (q2galaxy builds Galaxy tool tests from them) on simulated data.
+
+Each example is sized to run in seconds.
+"""
+import functools
+
+EXAMPLE_SIZE = dict(n_samples=24, n_asvs=40, seq_length=100, depth=500, random_seed=0)
+TINY_MODEL = dict(embedding_dim=16, attention_heads=2, attention_layers=1, epochs=2,
+                  batch_size=8, validation_fraction=0.25)
+
+
+@functools.lru_cache(maxsize=None)
+def simulated():
+    from .core.simulate import simulate
+    return simulate(**EXAMPLE_SIZE)
+
+
+def to_views(sim):
+    """Simulated data as the views QIIME 2 imports: biom.Table, DNA series,
+    DistanceMatrix and Metadata."""
+    import biom
+    import pandas as pd
+    import qiime2
+    import skbio
+
+    table = biom.Table(sim.counts.T.to_numpy(), observation_ids=list(sim.counts.columns),
+                       sample_ids=list(sim.counts.index))
+    sequences = pd.Series({k: skbio.DNA(v) for k, v in sim.sequences.items()})
+    distances = skbio.DistanceMatrix(sim.unifrac.to_numpy(), ids=list(sim.unifrac.index))
+    metadata = qiime2.Metadata(sim.metadata)
+    return table, sequences, distances, metadata
+
+
+def to_artifacts(sim):
+    import qiime2
+    table, sequences, distances, metadata = to_views(sim)
+    return (qiime2.Artifact.import_data("FeatureTable[Frequency]", table),
+            qiime2.Artifact.import_data("FeatureData[Sequence]", sequences),
+            qiime2.Artifact.import_data("DistanceMatrix", distances),
+            metadata)
+
+
+def table_factory():
+    return to_artifacts(simulated())[0]
+
+
+def sequences_factory():
+    return to_artifacts(simulated())[1]
+
+
+def distance_matrix_factory():
+    return to_artifacts(simulated())[2]
+
+
+def metadata_factory():
+    return to_artifacts(simulated())[3]
+
+
+def pretrain_example(use):
+    table = use.init_artifact("table", table_factory)
+    sequences = use.init_artifact("sequences", sequences_factory)
+    distance_matrix = use.init_artifact("unweighted_unifrac", distance_matrix_factory)
+    use.action(
+        use.UsageAction(plugin_id="aam", action_id="pretrain"),
+        use.UsageInputs(table=table, sequences=sequences, distance_matrix=distance_matrix,
+                        **TINY_MODEL),
+        use.UsageOutputNames(encoder="encoder"),
+    )

@@ -1,0 +1,83 @@
+"""Configuration dataclasses for the model and for a training run."""
+from dataclasses import asdict, dataclass, field, fields
+
+TASKS = ("encoder", "regressor", "classifier")
+
+
+@dataclass
+class ModelConfig:
+    embedding_dim: int = 128
+    attention_heads: int = 4
+    attention_layers: int = 4
+    max_bp: int = 150
+    asv_limit: int = 1024
+    dropout: float = 0.0
+    task: str = "encoder"
+    # Regressor: 1; classifier: number of classes; encoder: unused.
+    n_outputs: int = 0
+    faith_pd: bool = False
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, not {self.task!r}")
+        if self.embedding_dim % self.attention_heads:
+            raise ValueError(
+                f"embedding_dim ({self.embedding_dim}) must be divisible by "
+                f"attention_heads ({self.attention_heads}).")
+        for name in ("embedding_dim", "attention_heads", "attention_layers",
+                     "max_bp", "asv_limit"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}.")
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100
+    batch_size: int = 32
+    learning_rate: float = 3e-4
+    weight_decay: float = 0.01
+    warmup: float = 0.05          # fraction of all optimizer steps
+    patience: int = 10
+    validation_fraction: float = 0.1
+    max_grad_norm: float = 1.0
+    gradient_accumulation_steps: int = 1
+    nuc_mask_ratio: float = 0.15
+    nuc_penalty: float = 1.0
+    unifrac_penalty: float = 1.0
+    faith_pd_penalty: float = 1.0
+    device: str = "auto"
+    random_seed: int = 0
+    tensorboard_dir: str = ""
+    log_every: int = 10           # steps between host syncs (progress bar, finiteness)
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        checks = [
+            ("epochs", self.epochs >= 1, "at least 1"),
+            ("batch_size", self.batch_size >= 2, "at least 2 (UniFrac needs sample pairs)"),
+            ("learning_rate", self.learning_rate > 0, "positive"),
+            ("weight_decay", self.weight_decay >= 0, "non-negative"),
+            ("warmup", 0 <= self.warmup < 1, "in [0, 1): a fraction of the run"),
+            ("patience", self.patience >= 1, "at least 1"),
+            ("validation_fraction", 0 <= self.validation_fraction < 1, "in [0, 1)"),
+            ("max_grad_norm", self.max_grad_norm > 0, "positive"),
+            ("gradient_accumulation_steps", self.gradient_accumulation_steps >= 1, "at least 1"),
+            ("nuc_mask_ratio", 0 <= self.nuc_mask_ratio < 1, "in [0, 1)"),
+            ("nuc_penalty", self.nuc_penalty >= 0, "non-negative"),
+            ("unifrac_penalty", self.unifrac_penalty >= 0, "non-negative"),
+            ("device", self.device in ("auto", "cpu", "cuda"), "'auto', 'cpu' or 'cuda'"),
+        ]
+        for name, ok, allowed in checks:
+            if not ok:
+                raise ValueError(f"{name} must be {allowed}; got {getattr(self, name)!r}.")
+
+    def to_dict(self):
+        return asdict(self)

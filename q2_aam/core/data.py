@@ -1,0 +1,160 @@
+"""Samples as sets of ASV indices, and batches built around distinct ASVs.
+
+Sequences are tokenized once per run. A batch encodes each distinct ASV
+sequence once, however many of its samples hold it, and pads samples only to
+the largest sample in the batch.
+"""
+from dataclasses import dataclass, fields
+from typing import Optional
+
+import numpy as np
+import scipy.sparse
+import torch
+
+from .tokenizer import MASK, NUCLEOTIDES, PAD, tokenize
+
+
+@dataclass
+class Batch:
+    sample_index: torch.Tensor            # [B] rows of the SampleSet
+    asv_index: torch.Tensor               # [B, N] into the batch's distinct ASVs
+    asv_mask: torch.Tensor                # [B, N] True for real ASV slots
+    log_abundance: torch.Tensor           # [B, N]
+    tokens: Optional[torch.Tensor] = None           # [U, T] distinct ASVs' tokens
+    nuc_positions: Optional[torch.Tensor] = None    # [U, T] masked positions
+    nuc_targets: Optional[torch.Tensor] = None      # [M] true tokens there
+    asv_embeddings: Optional[torch.Tensor] = None   # [U, D] when the encoder is frozen
+    distances: Optional[torch.Tensor] = None        # [B, B]
+    faith_pd: Optional[torch.Tensor] = None         # [B]
+    targets: Optional[torch.Tensor] = None          # [B]
+
+    def to(self, device):
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name, value in moved.items():
+            if isinstance(value, torch.Tensor):
+                moved[name] = value.to(device, non_blocking=True)
+        return Batch(**moved)
+
+    @property
+    def size(self):
+        return self.sample_index.shape[0]
+
+
+class SampleSet:
+    """A feature table reduced to what the model reads.
+
+    Each sample keeps its `asv_limit` most abundant features (ties broken by
+    table column, so the result never depends on row order of the input).
+    """
+
+    def __init__(self, counts, sample_ids, feature_ids, sequences, max_bp, asv_limit):
+        counts = scipy.sparse.csr_matrix(counts)
+        self.sample_ids = list(sample_ids)
+        self.feature_ids = list(feature_ids)
+        self.tokens, self.n_truncated = tokenize([sequences[f] for f in self.feature_ids], max_bp)
+        self.asv_ids, self.log_abundance = [], []
+        self.n_capped = 0
+        for row in range(counts.shape[0]):
+            start, end = counts.indptr[row], counts.indptr[row + 1]
+            cols, vals = counts.indices[start:end], counts.data[start:end].astype(np.float64)
+            keep = vals > 0
+            cols, vals = cols[keep], vals[keep]
+            order = np.lexsort((cols, -vals))[:asv_limit]
+            self.n_capped += int(len(vals) > asv_limit)
+            self.asv_ids.append(cols[order].astype(np.int64))
+            self.log_abundance.append(np.log(vals[order] / vals.sum()).astype(np.float32))
+        self.distances = None       # [n, n] float32, rows/cols in sample order
+        self.faith_pd = None        # [n] float32
+        self.targets = None         # [n] float32 or int64
+        self.asv_embedding_table = None   # [n_features, D] torch, frozen encoder
+
+    def __len__(self):
+        return len(self.sample_ids)
+
+    def occurrences(self, indices):
+        return int(sum(len(self.asv_ids[i]) for i in indices))
+
+    def collate(self, indices, mask_ratio=0.0, rng=None):
+        """Build a Batch of the samples `indices` (positions in this set)."""
+        indices = np.asarray(indices)
+        ids = [self.asv_ids[i] for i in indices]
+        distinct, inverse = np.unique(np.concatenate(ids), return_inverse=True)
+        n_slots = max(len(x) for x in ids)
+        asv_index = np.zeros((len(ids), n_slots), dtype=np.int64)
+        asv_mask = np.zeros((len(ids), n_slots), dtype=bool)
+        log_abundance = np.zeros((len(ids), n_slots), dtype=np.float32)
+        offset = 0
+        for row, x in enumerate(ids):
+            asv_index[row, :len(x)] = inverse[offset:offset + len(x)]
+            asv_mask[row, :len(x)] = True
+            log_abundance[row, :len(x)] = self.log_abundance[indices[row]]
+            offset += len(x)
+        batch = Batch(sample_index=torch.from_numpy(indices.astype(np.int64)),
+                      asv_index=torch.from_numpy(asv_index),
+                      asv_mask=torch.from_numpy(asv_mask),
+                      log_abundance=torch.from_numpy(log_abundance))
+        if self.asv_embedding_table is not None:
+            batch.asv_embeddings = self.asv_embedding_table[torch.from_numpy(distinct)]
+        else:
+            tokens = self.tokens[distinct]
+            tokens = tokens[:, :int((tokens != PAD).sum(1).max())]
+            if mask_ratio > 0:
+                tokens, positions, targets = mask_nucleotides(tokens, mask_ratio, rng)
+                batch.nuc_positions = torch.from_numpy(positions)
+                batch.nuc_targets = torch.from_numpy(targets.astype(np.int64))
+            batch.tokens = torch.from_numpy(tokens.astype(np.int64))
+        if self.distances is not None:
+            batch.distances = torch.from_numpy(self.distances[np.ix_(indices, indices)])
+        if self.faith_pd is not None:
+            batch.faith_pd = torch.from_numpy(self.faith_pd[indices])
+        if self.targets is not None:
+            batch.targets = torch.from_numpy(self.targets[indices])
+        return batch
+
+
+def mask_nucleotides(tokens, ratio, rng):
+    """BERT-style masking of base positions (never the start token or padding):
+    of the chosen positions 80% become MASK, 10% a random base, 10% stay."""
+    eligible = tokens >= NUCLEOTIDES[0]
+    positions = eligible & (rng.random(tokens.shape) < ratio)
+    targets = tokens[positions]
+    masked = tokens.copy()
+    roll = rng.random(len(targets))
+    replacement = np.where(roll < 0.8, MASK, targets)
+    random_base = rng.choice(np.array(NUCLEOTIDES, dtype=np.uint8), size=len(targets))
+    replacement = np.where((roll >= 0.8) & (roll < 0.9), random_base, replacement)
+    masked[positions] = replacement
+    return masked, positions, targets
+
+
+def batch_indices(indices, batch_size, rng=None):
+    """Split `indices` (shuffled when `rng` is given) into batches of at least
+    two samples: a last batch of one joins the batch before it."""
+    indices = np.array(indices)
+    if rng is not None:
+        indices = indices[rng.permutation(len(indices))]
+    chunks = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
+    if len(chunks) > 1 and len(chunks[-1]) < 2:
+        chunks[-2] = np.concatenate([chunks[-2], chunks.pop()])
+    return chunks
+
+
+def split_indices(n, validation_fraction, rng, strata=None):
+    """Seeded split of range(n) into (train, validation), stratified if `strata`."""
+    if validation_fraction == 0:
+        return np.arange(n), np.arange(0)
+    groups = [np.arange(n)] if strata is None else [
+        np.flatnonzero(strata == s) for s in np.unique(strata)]
+    val = []
+    for group in groups:
+        group = group[rng.permutation(len(group))]
+        n_val = int(round(validation_fraction * len(group)))
+        if strata is not None:
+            n_val = max(1, n_val)
+        val.extend(group[:n_val])
+    val = np.sort(np.array(val, dtype=np.int64))
+    train = np.setdiff1d(np.arange(n), val)
+    return train, val
+
+
+__all__ = ["Batch", "SampleSet", "mask_nucleotides", "batch_indices", "split_indices"]

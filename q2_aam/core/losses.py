@@ -1,0 +1,65 @@
+"""Loss terms. Each returns a scalar tensor; names match the history columns."""
+import torch
+import torch.nn.functional as F
+
+from .model import predicted_distance
+
+
+def unifrac_loss(distance_embeddings, true_distances, zero_distance_weight=1.0):
+    """MSE between predicted and true distances over the strict upper triangle.
+
+    The diagonal (always 0) and the mirrored lower triangle carry no extra
+    signal, so they are left out. Pairs whose true distance is 0 are weighted
+    by `zero_distance_weight`.
+    """
+    pred = predicted_distance(distance_embeddings.float())
+    n = pred.shape[0]
+    pair = torch.triu(torch.ones(n, n, dtype=torch.bool, device=pred.device), diagonal=1)
+    weight = torch.where(true_distances == 0, zero_distance_weight, 1.0) * pair
+    return ((pred - true_distances) ** 2 * weight).sum() / weight.sum().clamp_min(1e-12)
+
+
+def nuc_loss(nuc_logits, nuc_targets):
+    """Cross-entropy at the masked positions only (0 when none were masked)."""
+    if nuc_targets.numel() == 0:
+        return nuc_logits.sum() * 0.0
+    return F.cross_entropy(nuc_logits.float(), nuc_targets)
+
+
+def regression_loss(pred, target):
+    return F.mse_loss(pred.float().squeeze(-1), target)
+
+
+def classification_loss(logits, target, class_weights=None):
+    return F.cross_entropy(logits.float(), target, weight=class_weights)
+
+
+class LossFunction:
+    """Combines the loss terms a task uses, weighted by their penalties."""
+
+    def __init__(self, task, nuc_penalty=1.0, unifrac_penalty=1.0, faith_pd_penalty=1.0,
+                 target_penalty=1.0, zero_distance_weight=1.0, class_weights=None):
+        self.task = task
+        self.penalties = {"unifrac_loss": unifrac_penalty, "nuc_loss": nuc_penalty,
+                          "faith_pd_loss": faith_pd_penalty, "target_loss": target_penalty}
+        self.zero_distance_weight = zero_distance_weight
+        self.class_weights = class_weights
+
+    def __call__(self, out, batch):
+        losses = {}
+        if batch.distances is not None and self.penalties["unifrac_loss"] > 0:
+            losses["unifrac_loss"] = unifrac_loss(out["distance_embeddings"], batch.distances,
+                                                  self.zero_distance_weight)
+        if "nuc_logits" in out and self.penalties["nuc_loss"] > 0:
+            losses["nuc_loss"] = nuc_loss(out["nuc_logits"], batch.nuc_targets)
+        if "faith_pd" in out and batch.faith_pd is not None:
+            losses["faith_pd_loss"] = F.mse_loss(out["faith_pd"].float(), batch.faith_pd)
+        if "target" in out and batch.targets is not None:
+            if self.task == "regressor":
+                losses["target_loss"] = regression_loss(out["target"], batch.targets)
+            else:
+                weights = (None if self.class_weights is None
+                           else self.class_weights.to(out["target"].device))
+                losses["target_loss"] = classification_loss(out["target"], batch.targets, weights)
+        losses["loss"] = sum(self.penalties[k] * v for k, v in losses.items())
+        return losses

@@ -1,0 +1,192 @@
+"""The AAM model: a nucleotide transformer per ASV, a set transformer per sample.
+
+Shapes: U distinct ASVs in a batch, T tokens per ASV, B samples, N ASV slots per
+sample (padded to the largest sample of the batch), D embedding size.
+"""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import ModelConfig
+from .tokenizer import PAD, VOCAB_SIZE
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.heads = cfg.attention_heads
+        self.qkv = nn.Linear(cfg.embedding_dim, 3 * cfg.embedding_dim)
+        self.proj = nn.Linear(cfg.embedding_dim, cfg.embedding_dim)
+        self.dropout = cfg.dropout
+
+    def forward(self, x, key_mask):
+        # x: [B, L, D]; key_mask: [B, L] True where a real token sits.
+        b, length, d = x.shape
+        q, k, v = self.qkv(x).view(b, length, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        attn_mask = key_mask[:, None, None, :]
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(y.transpose(1, 2).reshape(b, length, d))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d = cfg.embedding_dim
+        self.ln1 = nn.LayerNorm(d)
+        self.attn = SelfAttention(cfg)
+        self.ln2 = nn.LayerNorm(d)
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d),
+                                 nn.Dropout(cfg.dropout))
+
+    def forward(self, x, key_mask):
+        x = x + self.attn(self.ln1(x), key_mask)
+        return x + self.mlp(self.ln2(x))
+
+
+class AttentionPool(nn.Module):
+    """Masked softmax over positions. Padded positions get the dtype's most
+    negative value rather than -inf, so even an all-padding row stays finite."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.score = nn.Linear(d, 1)
+
+    def forward(self, x, mask):
+        scores = self.score(x).squeeze(-1)
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        weights = torch.softmax(scores, dim=-1)
+        return torch.einsum("bl,bld->bd", weights, x)
+
+
+class ASVEncoder(nn.Module):
+    """Reads one ASV's tokens, returns its embedding and its per-token states."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d = cfg.embedding_dim
+        self.token_embedding = nn.Embedding(VOCAB_SIZE, d)
+        self.position_embedding = nn.Embedding(cfg.max_bp + 1, d)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.attention_layers))
+        self.ln = nn.LayerNorm(d)
+        self.pool = AttentionPool(d)
+
+    def forward(self, tokens):
+        mask = tokens != PAD
+        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        x = self.token_embedding(tokens) + self.position_embedding(positions)
+        attn_mask = _never_empty(mask)
+        for block in self.blocks:
+            x = block(x, attn_mask)
+        x = self.ln(x)
+        return self.pool(x, mask), x
+
+
+class SampleEncoder(nn.Module):
+    """Reads the unordered set of a sample's ASVs with their abundances.
+
+    There is deliberately no slot position embedding: a sample is a set, and the
+    row order of a feature table must not matter.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d = cfg.embedding_dim
+        self.abundance = nn.Sequential(nn.Linear(1, d), nn.GELU(), nn.Linear(d, d))
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.attention_layers))
+        self.ln = nn.LayerNorm(d)
+        self.pool = AttentionPool(d)
+
+    def forward(self, asv_embeddings, log_abundance, mask):
+        x = asv_embeddings + self.abundance(log_abundance.unsqueeze(-1).to(asv_embeddings.dtype))
+        attn_mask = _never_empty(mask)
+        for block in self.blocks:
+            x = block(x, attn_mask)
+        return self.pool(self.ln(x), mask)
+
+
+class AAMModel(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.embedding_dim
+        self.asv_encoder = ASVEncoder(cfg)
+        self.sample_encoder = SampleEncoder(cfg)
+        self.nuc_head = nn.Linear(d, VOCAB_SIZE)
+        self.distance_head = nn.Linear(d, d)
+        # Learned scale of embedding distances: at initialization sample
+        # embeddings are close together, and a fixed scale would start every
+        # prediction near 0 and leave it there for many steps.
+        self.distance_log_scale = nn.Parameter(torch.tensor(2.0))
+        self.faith_pd_head = nn.Linear(d, 1) if cfg.faith_pd else None
+        self.target_head = (nn.Sequential(nn.LayerNorm(d), nn.Linear(d, cfg.n_outputs))
+                            if cfg.task != "encoder" else None)
+        self.apply(_init_weights)
+
+    def encode_asvs(self, tokens):
+        """[U, T] tokens -> ([U, D] ASV embeddings, [U, T, D] token states)."""
+        return self.asv_encoder(tokens)
+
+    def encode_samples(self, asv_embeddings, asv_index, log_abundance, mask):
+        """Scatter the distinct-ASV embeddings back into their samples, then pool.
+
+        asv_embeddings [U, D]; asv_index [B, N] indexes into U.
+        """
+        return self.sample_encoder(asv_embeddings[asv_index], log_abundance, mask)
+
+    def forward(self, batch):
+        """Returns the sample embeddings, plus what the batch asks for."""
+        out = {}
+        if batch.asv_embeddings is not None:       # frozen, precomputed ASV embeddings
+            asv_emb = batch.asv_embeddings
+        else:
+            asv_emb, states = self.encode_asvs(batch.tokens)
+            if batch.nuc_positions is not None:
+                # Only masked positions reach the head: cheaper, and the loss is
+                # defined on them alone.
+                out["nuc_logits"] = self.nuc_head(states[batch.nuc_positions])
+        sample_emb = self.encode_samples(asv_emb, batch.asv_index, batch.log_abundance,
+                                         batch.asv_mask)
+        out["sample_embeddings"] = sample_emb
+        out["distance_embeddings"] = self.distance_head(sample_emb) * self.distance_log_scale.exp()
+        if self.faith_pd_head is not None:
+            out["faith_pd"] = self.faith_pd_head(sample_emb).squeeze(-1)
+        if self.target_head is not None:
+            out["target"] = self.target_head(sample_emb)
+        return out
+
+
+def predicted_distance(distance_embeddings):
+    """Bounded, smooth map from embedding distance to a UniFrac-like value.
+
+    d = RMS difference of the two embeddings; prediction = 1 - exp(-d) lies in
+    [0, 1) and its gradient exp(-d) never vanishes the way a clamp's does.
+    """
+    diff = distance_embeddings[:, None, :] - distance_embeddings[None, :, :]
+    rms = torch.sqrt(diff.pow(2).mean(-1) + 1e-8)
+    return 1.0 - torch.exp(-rms)
+
+
+def _never_empty(mask):
+    """A row with no real position would make attention divide by zero; let such
+    a row attend everywhere instead (its output is never used)."""
+    return mask | ~mask.any(-1, keepdim=True)
+
+
+def _init_weights(module):
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=0.02)
+
+
+def count_parameters(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+__all__ = ["AAMModel", "predicted_distance", "count_parameters"]

@@ -1,0 +1,225 @@
+"""The training engine shared by every training action.
+
+AdamW, linear warmup then cosine decay (warmup is a fraction of the run),
+gradient clipping and accumulation, early stopping that restores the single best
+weights, seeded shuffling and masking. Host syncs happen once per `log_every`
+steps and at epoch ends, never per step.
+"""
+import contextlib
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .config import TrainConfig
+from .data import batch_indices
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+@dataclass
+class TrainResult:
+    history: pd.DataFrame
+    best_epoch: int
+    best_validation: object = None          # what `evaluate` returned at the best epoch
+    event_files: dict = field(default_factory=dict)
+
+
+def resolve_device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was requested but torch sees no CUDA GPU. "
+                         "Use device='cpu' (or 'auto'), or install a CUDA build of torch.")
+    return torch.device(name)
+
+
+def autocast(device):
+    """bf16 autocast on CUDA; plain float32 on CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def make_optimizer(model, cfg: TrainConfig):
+    # Decay matrices only: biases and norm gains stay free.
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}],
+                             lr=cfg.learning_rate)
+
+
+def warmup_cosine(total_steps, warmup_fraction):
+    """LR multiplier per optimizer step: linear warmup, then cosine to zero."""
+    warmup_steps = int(round(warmup_fraction * total_steps))
+
+    def factor(step):
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return factor
+
+
+def run_epoch_losses(model, data, indices, loss_fn, cfg, device, rng, optimizer=None,
+                     scheduler=None, progress=None, epoch=0):
+    """One pass over `indices`; trains when an optimizer is given.
+
+    Returns the sample-weighted mean of every loss term as floats.
+    """
+    training = optimizer is not None
+    model.train(training)
+    batches = batch_indices(indices, cfg.batch_size, rng if training else None)
+    sums, n_seen = {}, 0
+    first_bad_step = torch.tensor(-1, device=device)
+    accum = cfg.gradient_accumulation_steps
+    for step, idx in enumerate(batches):
+        batch = data.collate(idx, cfg.nuc_mask_ratio, rng).to(device)
+        with torch.set_grad_enabled(training), autocast(device):
+            losses = loss_fn(model(batch), batch)
+        loss = losses["loss"]
+        first_bad_step = torch.where((first_bad_step < 0) & ~torch.isfinite(loss.detach()),
+                                     step, first_bad_step)
+        if training:
+            (loss / accum).backward()
+            if (step + 1) % accum == 0 or step + 1 == len(batches):
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+        for name, value in losses.items():
+            sums[name] = sums.get(name, 0.0) + value.detach().float() * batch.size
+        n_seen += batch.size
+        if (step + 1) % cfg.log_every == 0 or step + 1 == len(batches):
+            _check_finite(first_bad_step, epoch, training)
+            if progress is not None:
+                progress.set_postfix({k: f"{v.item() / n_seen:.4f}" for k, v in sums.items()}
+                                     | {"lr": f"{optimizer.param_groups[0]['lr']:.2e}"})
+        if progress is not None:
+            progress.update(1)
+    return {name: float(value) / n_seen for name, value in sums.items()}
+
+
+def _check_finite(first_bad_step, epoch, training):
+    bad = int(first_bad_step)
+    if bad >= 0:
+        where = "training" if training else "validation"
+        raise NonFiniteLossError(
+            f"The {where} loss became non-finite (NaN or inf) at epoch {epoch}, step {bad + 1}. "
+            "Try a lower learning_rate, a smaller max_grad_norm, or a longer warmup; "
+            "check the inputs for extreme values.")
+
+
+def train(model, data, train_idx, val_idx, loss_fn, cfg: TrainConfig, evaluate=None,
+          log=None):
+    """Train `model` in place and leave it holding the best epoch's weights.
+
+    `evaluate(model, data, val_idx, device)` -> (metrics dict, detail) adds task
+    metrics (for example held-out UniFrac R^2) to each epoch's validation row;
+    the detail of the best epoch is returned as `best_validation`.
+    """
+    log = log or (lambda message: print(message, file=sys.stderr))
+    device = resolve_device(cfg.device)
+    model.to(device)
+    rng = np.random.default_rng(cfg.random_seed)
+    optimizer = make_optimizer(model, cfg)
+    steps_per_epoch = len(batch_indices(train_idx, cfg.batch_size))
+    total_steps = cfg.epochs * math.ceil(steps_per_epoch / cfg.gradient_accumulation_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, cfg.warmup))
+    has_validation = len(val_idx) >= 2
+    monitor = "val/loss" if has_validation else "train/loss"
+    log(f"Training on {device} ({len(train_idx)} training, {len(val_idx)} validation samples, "
+        f"{steps_per_epoch} steps per epoch, up to {cfg.epochs} epochs); "
+        f"early stopping on {monitor} with patience {cfg.patience}.")
+
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm.auto import tqdm
+
+    with tempfile.TemporaryDirectory() as scratch:
+        log_dir = cfg.tensorboard_dir or scratch
+        writer = SummaryWriter(log_dir=log_dir)
+        progress = tqdm(total=cfg.epochs * steps_per_epoch, file=sys.stderr, unit="step",
+                        mininterval=1.0, dynamic_ncols=True)
+        rows, best, best_state, best_epoch, best_detail, stale = [], math.inf, None, 0, None, 0
+        try:
+            for epoch in range(1, cfg.epochs + 1):
+                start = time.perf_counter()
+                progress.set_description(f"epoch {epoch}")
+                lr = optimizer.param_groups[0]["lr"]
+                row = {"epoch": epoch, "learning_rate": lr}
+                train_losses = run_epoch_losses(model, data, train_idx, loss_fn, cfg, device, rng,
+                                                optimizer, scheduler, progress, epoch)
+                row.update({f"train/{k}": v for k, v in train_losses.items()})
+                detail = None
+                if has_validation:
+                    # A fixed generator: every epoch masks the same validation bases.
+                    val_rng = np.random.default_rng([cfg.random_seed, 1])
+                    val_losses = run_epoch_losses(model, data, val_idx, loss_fn, cfg, device,
+                                                  val_rng, epoch=epoch)
+                    row.update({f"val/{k}": v for k, v in val_losses.items()})
+                    if evaluate is not None:
+                        metrics, detail = evaluate(model, data, val_idx, device)
+                        row.update({f"val/{k}": v for k, v in metrics.items()})
+                row["seconds"] = time.perf_counter() - start
+                rows.append(row)
+                for key, value in row.items():
+                    if "/" in key:
+                        writer.add_scalar(key, value, epoch)
+                writer.add_scalar("learning_rate", lr, epoch)
+                log(_format_row(row))
+                if row[monitor] < best:
+                    best, best_epoch, best_detail, stale = row[monitor], epoch, detail, 0
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                else:
+                    stale += 1
+                    if stale >= cfg.patience:
+                        log(f"Early stopping after epoch {epoch}: {monitor} has not improved "
+                            f"for {cfg.patience} epochs.")
+                        break
+        finally:
+            progress.close()
+            writer.close()
+        model.load_state_dict(best_state)
+        log(f"Best epoch: {best_epoch} ({monitor} = {best:.4f}); its weights are kept.")
+        event_files = _read_tree(log_dir)
+    return TrainResult(pd.DataFrame(rows), best_epoch, best_detail, event_files)
+
+
+def _format_row(row):
+    parts = [f"epoch {row['epoch']}"]
+    parts += [f"{k}={v:.4f}" for k, v in row.items() if "/" in k]
+    return "  ".join(parts) + f"  ({row['seconds']:.1f}s)"
+
+
+def _read_tree(directory):
+    files = {}
+    for root, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "rb") as fh:
+                files[os.path.relpath(path, directory)] = fh.read()
+    return files
+
+
+@torch.no_grad()
+def predict_outputs(model, data, indices, batch_size, device):
+    """Unmasked forward pass; returns each output as a numpy array in `indices` order."""
+    model.eval()
+    collected = {}
+    for idx in batch_indices(indices, batch_size):
+        batch = data.collate(idx).to(device)
+        with autocast(device):
+            out = model(batch)
+        for name, value in out.items():
+            collected.setdefault(name, []).append(value.float().cpu())
+    return {name: torch.cat(parts).numpy() for name, parts in collected.items()}
