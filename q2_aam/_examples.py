@@ -57,12 +57,67 @@ def metadata_factory():
 
 
 def pretrain_example(use):
-    table = use.init_artifact("table", table_factory)
-    sequences = use.init_artifact("sequences", sequences_factory)
+    _encoder(use)
+
+
+def _inputs(use):
+    return (use.init_artifact("table", table_factory),
+            use.init_artifact("sequences", sequences_factory))
+
+
+def _fit(use, kind, column):
+    table, sequences = _inputs(use)
+    metadata = use.init_metadata("metadata", metadata_factory)
+    target = use.get_metadata_column(column, column, metadata)
+    model, = use.action(
+        use.UsageAction(plugin_id="aam", action_id=f"fit_{kind}"),
+        use.UsageInputs(table=table, sequences=sequences, metadata=target, **TINY_MODEL),
+        use.UsageOutputNames(model=kind))
+    return model, table, sequences
+
+
+def fit_regressor_example(use):
+    _fit(use, "regressor", "age")
+
+
+def fit_classifier_example(use):
+    _fit(use, "classifier", "site")
+
+
+def predict_example(use):
+    model, table, sequences = _fit(use, "regressor", "age")
+    use.action(use.UsageAction(plugin_id="aam", action_id="predict"),
+               use.UsageInputs(model=model, table=table, sequences=sequences),
+               use.UsageOutputNames(predictions="predictions"))
+
+
+def predict_probabilities_example(use):
+    model, table, sequences = _fit(use, "classifier", "site")
+    use.action(use.UsageAction(plugin_id="aam", action_id="predict_probabilities"),
+               use.UsageInputs(model=model, table=table, sequences=sequences),
+               use.UsageOutputNames(probabilities="probabilities"))
+
+
+def _encoder(use):
+    table, sequences = _inputs(use)
     distance_matrix = use.init_artifact("unweighted_unifrac", distance_matrix_factory)
-    use.action(
+    encoder, = use.action(
         use.UsageAction(plugin_id="aam", action_id="pretrain"),
         use.UsageInputs(table=table, sequences=sequences, distance_matrix=distance_matrix,
                         **TINY_MODEL),
-        use.UsageOutputNames(encoder="encoder"),
-    )
+        use.UsageOutputNames(encoder="encoder"))
+    return encoder, table, sequences
+
+
+def embed_example(use):
+    encoder, table, sequences = _encoder(use)
+    use.action(use.UsageAction(plugin_id="aam", action_id="embed"),
+               use.UsageInputs(model=encoder, table=table, sequences=sequences),
+               use.UsageOutputNames(embeddings="embeddings"))
+
+
+def predict_distances_example(use):
+    encoder, table, sequences = _encoder(use)
+    use.action(use.UsageAction(plugin_id="aam", action_id="predict_distances"),
+               use.UsageInputs(encoder=encoder, table=table, sequences=sequences),
+               use.UsageOutputNames(distance_matrix="predicted_distances"))

@@ -1,7 +1,10 @@
 import importlib
 
-from qiime2.plugin import (Choices, Citations, Float, Int, Plugin, Range, Str)
+from qiime2.plugin import (Bool, Categorical, Choices, Citations, Float, Int, MetadataColumn,
+                           Numeric, Plugin, Range, Str, TypeMap)
 from q2_types.distance_matrix import DistanceMatrix
+from q2_types.ordination import PCoAResults
+from q2_sample_classifier import ClassifierPredictions, Probabilities, RegressorPredictions
 from q2_types.feature_data import FeatureData, Sequence
 from q2_types.feature_table import FeatureTable, Frequency
 from q2_types.sample_data import AlphaDiversity, SampleData
@@ -11,6 +14,8 @@ from . import _examples
 from ._format import (AAMConfigFormat, AAMModelDirectoryFormat, SafetensorsFormat,
                       TensorBoardEventFormat, TrainingTableFormat)
 from ._pretrain import pretrain
+from ._supervised import (embed, fit_classifier, fit_regressor, predict, predict_distances,
+                          predict_probabilities)
 from ._type import AAMModel, Classifier, Encoder, Regressor
 
 citations = Citations.load("citations.bib", package="q2_aam")
@@ -129,5 +134,214 @@ plugin.methods.register_function(
                citations["lozupone2005unifrac"], citations["loshchilov2019adamw"]],
     examples={"pretrain_encoder": _examples.pretrain_example},
 )
+
+# --- supervised ---
+FIT_INPUTS = {"table": FeatureTable[Frequency], "sequences": FeatureData[Sequence],
+              "pretrained_encoder": AAMModel[Encoder], "distance_matrix": DistanceMatrix}
+FIT_INPUT_DESCRIPTIONS = {
+    "table": "Feature table of the training samples.",
+    "sequences": "The DNA sequence of every feature in the table.",
+    "pretrained_encoder": "Optional encoder from `pretrain` to start from; its architecture "
+                          "replaces the architecture parameters.",
+    "distance_matrix": "Optional UniFrac distances between the samples; when given, the "
+                       "UniFrac loss is kept as an auxiliary loss (weight unifrac_penalty).",
+}
+FIT_PARAMETERS = {**ARCHITECTURE_PARAMETERS, **TRAINING_PARAMETERS,
+                  "freeze_encoder": Bool,
+                  "missing_samples": Str % Choices(["error", "ignore"]),
+                  "nuc_mask_ratio": Float % Range(0, 1),
+                  "nuc_penalty": Float % Range(0, None),
+                  "unifrac_penalty": Float % Range(0, None),
+                  "zero_distance_weight": Float % Range(0, None)}
+FIT_PARAMETER_DESCRIPTIONS = {
+    **ARCHITECTURE_DESCRIPTIONS, **TRAINING_DESCRIPTIONS,
+    "freeze_encoder": "Keep the pretrained nucleotide-level ASV encoder fixed: every distinct "
+                      "ASV is embedded once for the whole run and only the sample level and "
+                      "the prediction head train (much faster). Needs pretrained_encoder.",
+    "missing_samples": "'error' if table samples are missing from the metadata; 'ignore' to "
+                       "train on the samples that have metadata.",
+    "nuc_mask_ratio": "Fraction of bases masked for the auxiliary masked-nucleotide loss "
+                      "(not used with freeze_encoder).",
+    "nuc_penalty": "Weight of the auxiliary masked-nucleotide loss.",
+    "unifrac_penalty": "Weight of the auxiliary UniFrac loss (only with distance_matrix).",
+    "zero_distance_weight": "Weight of zero-distance pairs in the auxiliary UniFrac loss.",
+}
+FIT_CITATIONS = [citations["vaswani2017attention"], citations["loshchilov2019adamw"]]
+
+plugin.methods.register_function(
+    function=fit_regressor,
+    inputs=FIT_INPUTS,
+    parameters={**FIT_PARAMETERS, "metadata": MetadataColumn[Numeric]},
+    outputs=[("model", AAMModel[Regressor])],
+    input_descriptions=FIT_INPUT_DESCRIPTIONS,
+    parameter_descriptions={**FIT_PARAMETER_DESCRIPTIONS,
+                            "metadata": "Numeric metadata column to predict."},
+    output_descriptions={"model": "The trained regressor, with its target scaling, history and "
+                                  "best-epoch validation predictions."},
+    name="Fit an AAM regressor",
+    description=("Learn a numeric metadata column from the ASV sequences and abundances of each "
+                 "sample. Targets are standardized with training-split statistics; predictions "
+                 "come back in the column's units."),
+    citations=FIT_CITATIONS,
+    examples={"fit_regressor": _examples.fit_regressor_example},
+)
+plugin.methods.register_function(
+    function=fit_classifier,
+    inputs=FIT_INPUTS,
+    parameters={**FIT_PARAMETERS, "metadata": MetadataColumn[Categorical],
+                "class_weights": Str % Choices(["none", "balanced"])},
+    outputs=[("model", AAMModel[Classifier])],
+    input_descriptions=FIT_INPUT_DESCRIPTIONS,
+    parameter_descriptions={**FIT_PARAMETER_DESCRIPTIONS,
+                            "metadata": "Categorical metadata column to predict.",
+                            "class_weights": "'balanced' weighs each class inversely to its "
+                                             "frequency in the training split."},
+    output_descriptions={"model": "The trained classifier, with its class labels, history and "
+                                  "best-epoch validation predictions."},
+    name="Fit an AAM classifier",
+    description=("Learn a categorical metadata column from the ASV sequences and abundances of "
+                 "each sample. The validation split is stratified by class."),
+    citations=FIT_CITATIONS,
+    examples={"fit_classifier": _examples.fit_classifier_example},
+)
+
+T_model, T_predictions = TypeMap({
+    AAMModel[Regressor]: SampleData[RegressorPredictions],
+    AAMModel[Classifier]: SampleData[ClassifierPredictions],
+})
+APPLY_INPUT_DESCRIPTIONS = {
+    "table": "Feature table of the samples to predict; features never seen in training are "
+             "fine, since the model reads their sequences.",
+    "sequences": "The DNA sequence of every feature in the table.",
+}
+DEVICE_DESCRIPTION = {"device": TRAINING_DESCRIPTIONS["device"]}
+
+plugin.methods.register_function(
+    function=predict,
+    inputs={"model": T_model, "table": FeatureTable[Frequency],
+            "sequences": FeatureData[Sequence]},
+    parameters={"device": TRAINING_PARAMETERS["device"]},
+    outputs=[("predictions", T_predictions)],
+    input_descriptions={"model": "A regressor or classifier from fit-regressor/fit-classifier.",
+                        **APPLY_INPUT_DESCRIPTIONS},
+    parameter_descriptions=DEVICE_DESCRIPTION,
+    output_descriptions={"predictions": "Predicted values (regressor) or labels (classifier), "
+                                        "in q2-sample-classifier's types."},
+    name="Predict sample metadata with an AAM model",
+    description="Apply a trained regressor or classifier to new samples.",
+    citations=[citations["bokulich2018q2sampleclassifier"]],
+    examples={"predict": _examples.predict_example},
+)
+plugin.methods.register_function(
+    function=predict_probabilities,
+    inputs={"model": AAMModel[Classifier], "table": FeatureTable[Frequency],
+            "sequences": FeatureData[Sequence]},
+    parameters={"device": TRAINING_PARAMETERS["device"]},
+    outputs=[("probabilities", SampleData[Probabilities])],
+    input_descriptions={"model": "A classifier from fit-classifier.", **APPLY_INPUT_DESCRIPTIONS},
+    parameter_descriptions=DEVICE_DESCRIPTION,
+    output_descriptions={"probabilities": "Class probabilities per sample."},
+    name="Predict class probabilities with an AAM classifier",
+    description=("Class probabilities for new samples (a companion of predict, whose output "
+                 "type depends on the model)."),
+    citations=[citations["bokulich2018q2sampleclassifier"]],
+    examples={"predict_probabilities": _examples.predict_probabilities_example},
+)
+plugin.methods.register_function(
+    function=embed,
+    inputs={"model": AAMModel[Encoder | Regressor | Classifier], "table": FeatureTable[Frequency],
+            "sequences": FeatureData[Sequence]},
+    parameters={"device": TRAINING_PARAMETERS["device"]},
+    outputs=[("embeddings", PCoAResults)],
+    input_descriptions={"model": "Any AAM model.", **APPLY_INPUT_DESCRIPTIONS},
+    parameter_descriptions=DEVICE_DESCRIPTION,
+    output_descriptions={"embeddings": "Sample embeddings as an ordination (principal axes of "
+                                       "the embeddings), for `qiime emperor plot`."},
+    name="Embed samples with an AAM model",
+    description="Sample embeddings of any AAM model, as an ordination Emperor can show.",
+    citations=[],
+    examples={"embed": _examples.embed_example},
+)
+plugin.methods.register_function(
+    function=predict_distances,
+    inputs={"encoder": AAMModel[Encoder], "table": FeatureTable[Frequency],
+            "sequences": FeatureData[Sequence]},
+    parameters={"device": TRAINING_PARAMETERS["device"]},
+    outputs=[("distance_matrix", DistanceMatrix)],
+    input_descriptions={"encoder": "An encoder from pretrain.", **APPLY_INPUT_DESCRIPTIONS},
+    parameter_descriptions=DEVICE_DESCRIPTION,
+    output_descriptions={"distance_matrix": "Predicted UniFrac-like distances between the "
+                                            "samples."},
+    name="Predict UniFrac-like distances with an AAM encoder",
+    description=("UniFrac-like distances between new samples from the encoder's sample "
+                 "embeddings, without a phylogenetic tree."),
+    citations=[citations["lozupone2005unifrac"]],
+    examples={"predict_distances": _examples.predict_distances_example},
+)
+# --- end supervised ---
+
+# --- visualizers ---
+# The block imports what it uses, so it stands whatever the blocks above import.
+from qiime2.plugin import Categorical, MetadataColumn, Numeric
+from q2_sample_classifier import ClassifierPredictions, Probabilities, RegressorPredictions
+from q2_types.sample_data import SampleData
+
+from . import _visualizer_examples
+from ._type import AAMModel, Classifier, Encoder, Regressor
+from ._visualizers import confusion_matrix, scatterplot, summarize
+
+plugin.visualizers.register_function(
+    function=scatterplot,
+    inputs={"predictions": SampleData[RegressorPredictions]},
+    parameters={"truth": MetadataColumn[Numeric]},
+    input_descriptions={"predictions": "Predicted values, e.g. from `qiime aam predict` with a "
+                                       "regressor."},
+    parameter_descriptions={"truth": "The true values. Only samples present in both the "
+                                     "predictions and this column are compared (the page "
+                                     "says how many were left out)."},
+    name="Scatter plot of predicted against true values",
+    description=("Predicted against true values with the least-squares line and the dashed 1:1 "
+                 "line; N, MAE, RMSE, R^2 and Pearson r; every sample's error in a table "
+                 "and as TSV; the figure as PNG and SVG."),
+    citations=[citations["bokulich2018q2sampleclassifier"]],
+    examples={"scatterplot": _visualizer_examples.scatterplot_example},
+)
+plugin.visualizers.register_function(
+    function=confusion_matrix,
+    inputs={"predictions": SampleData[ClassifierPredictions],
+            "probabilities": SampleData[Probabilities]},
+    parameters={"truth": MetadataColumn[Categorical]},
+    input_descriptions={
+        "predictions": "Predicted labels, e.g. from `qiime aam predict` with a classifier.",
+        "probabilities": "Optional class probabilities, e.g. from `qiime aam "
+                         "predict-probabilities`, for one-vs-rest ROC curves with AUC.",
+    },
+    parameter_descriptions={"truth": "The true labels. Only samples present in both the "
+                                     "predictions and this column are compared; it must hold "
+                                     "at least two classes."},
+    name="Confusion matrix of predicted against true labels",
+    description=("A labelled heatmap of the confusion matrix (counts and row-normalized), "
+                 "overall accuracy against the majority-class baseline, per-class precision, "
+                 "recall, F1 and support with macro averages, and, given probabilities, "
+                 "one-vs-rest ROC curves with AUC."),
+    citations=[citations["bokulich2018q2sampleclassifier"]],
+    examples={"confusion_matrix": _visualizer_examples.confusion_matrix_example},
+)
+plugin.visualizers.register_function(
+    function=summarize,
+    inputs={"model": AAMModel[Encoder | Regressor | Classifier]},
+    parameters={},
+    input_descriptions={"model": "A model from pretrain, fit-regressor or fit-classifier."},
+    parameter_descriptions={},
+    name="Summarize the training of an AAM model",
+    description=("The model's configuration; training and validation curves of every "
+                 "recorded loss and metric, and the learning rate, with the best epoch marked; "
+                 "the validation predictions of the best epoch (predicted against true UniFrac "
+                 "for an encoder, the scatter plot for a regressor, the confusion matrix for a "
+                 "classifier); and the TensorBoard event files to download."),
+    citations=[],
+    examples={"summarize": _visualizer_examples.summarize_example},
+)
+# --- end visualizers ---
 
 importlib.import_module("q2_aam._transformer")

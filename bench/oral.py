@@ -1,0 +1,49 @@
+"""Load ../shared/data/oral-dev (never copied into the project)."""
+import gzip
+import os
+
+import numpy as np
+import pandas as pd
+
+ORAL_DIR = os.environ.get("ORAL_DEV", os.path.join(os.path.dirname(__file__), "..", "..",
+                                                   "shared", "data", "oral-dev"))
+
+
+def path(name):
+    p = os.path.join(ORAL_DIR, name)
+    if not os.path.exists(p):
+        raise SystemExit(f"{p} not found: set ORAL_DEV to the oral-dev directory.")
+    return p
+
+
+def load_table():
+    import biom
+    return biom.load_table(path("table-hashed.biom"))
+
+
+def load_sequences():
+    sequences, name = {}, None
+    with open(path("sequences.fasta")) as fh:
+        for line in fh:
+            line = line.strip()
+            if line.startswith(">"):
+                name = line[1:].split()[0]
+            elif line:
+                sequences[name] = sequences.get(name, "") + line
+    return pd.Series(sequences)
+
+
+def load_unifrac():
+    import skbio
+    with gzip.open(path("unweighted-unifrac.tsv.gz"), "rt") as fh:
+        frame = pd.read_csv(fh, sep="\t", index_col=0)
+    frame.index = frame.index.astype(str)
+    return skbio.DistanceMatrix(frame.to_numpy(dtype=np.float64), ids=list(frame.index))
+
+
+def load_metadata():
+    frame = pd.read_csv(path("metadata.tsv"), sep="\t", index_col=0, comment=None)
+    frame = frame[~frame.index.str.startswith("#")]
+    frame.index = frame.index.astype(str)
+    frame["age"] = frame["age"].astype(float)
+    return frame

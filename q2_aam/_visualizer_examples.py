@@ -1,0 +1,78 @@
+"""Usage examples of the visualizers, on the simulated data of `_examples`.
+
+The prediction artifacts are made up from the true metadata (with seeded noise and
+a few wrong labels) so that the examples need no trained model and run in seconds.
+"""
+from ._examples import (TINY_MODEL, distance_matrix_factory, metadata_factory,
+                        sequences_factory, simulated, table_factory)
+
+WRONG_LABEL_EVERY = 4   # every fourth sample gets the next site's label
+
+
+def regressor_predictions_factory():
+    import numpy as np
+    import qiime2
+    age = simulated().metadata["age"]
+    noise = np.random.default_rng(0).normal(0, 5, len(age))
+    predictions = (age + noise).rename("prediction").rename_axis("id")
+    return qiime2.Artifact.import_data("SampleData[RegressorPredictions]", predictions)
+
+
+def _predicted_sites():
+    site = simulated().metadata["site"]
+    sites = sorted(site.unique())
+    shifted = site.map(lambda label: sites[(sites.index(label) + 1) % len(sites)])
+    wrong = [i % WRONG_LABEL_EVERY == 0 for i in range(len(site))]
+    return site.where(~site.index.isin(site.index[wrong]), shifted), sites
+
+
+def classifier_predictions_factory():
+    import qiime2
+    predicted, _ = _predicted_sites()
+    return qiime2.Artifact.import_data("SampleData[ClassifierPredictions]",
+                                       predicted.rename("prediction").rename_axis("id"))
+
+
+def probabilities_factory():
+    import pandas as pd
+    import qiime2
+    predicted, sites = _predicted_sites()
+    # 0.7 on the predicted label, the rest shared by the others.
+    rest = 0.3 / (len(sites) - 1)
+    probabilities = pd.DataFrame({label: (predicted == label) * (0.7 - rest) + rest
+                                  for label in sites}).rename_axis("id")
+    return qiime2.Artifact.import_data("SampleData[Probabilities]", probabilities)
+
+
+def scatterplot_example(use):
+    predictions = use.init_artifact("predictions", regressor_predictions_factory)
+    metadata = use.init_metadata("metadata", metadata_factory)
+    age = use.get_metadata_column("age", "age", metadata)
+    use.action(use.UsageAction(plugin_id="aam", action_id="scatterplot"),
+               use.UsageInputs(predictions=predictions, truth=age),
+               use.UsageOutputNames(visualization="age_scatterplot"))
+
+
+def confusion_matrix_example(use):
+    predictions = use.init_artifact("predictions", classifier_predictions_factory)
+    probabilities = use.init_artifact("probabilities", probabilities_factory)
+    metadata = use.init_metadata("metadata", metadata_factory)
+    site = use.get_metadata_column("site", "site", metadata)
+    use.action(use.UsageAction(plugin_id="aam", action_id="confusion_matrix"),
+               use.UsageInputs(predictions=predictions, truth=site,
+                               probabilities=probabilities),
+               use.UsageOutputNames(visualization="site_confusion_matrix"))
+
+
+def summarize_example(use):
+    table = use.init_artifact("table", table_factory)
+    sequences = use.init_artifact("sequences", sequences_factory)
+    distance_matrix = use.init_artifact("unweighted_unifrac", distance_matrix_factory)
+    encoder, = use.action(
+        use.UsageAction(plugin_id="aam", action_id="pretrain"),
+        use.UsageInputs(table=table, sequences=sequences, distance_matrix=distance_matrix,
+                        **TINY_MODEL),
+        use.UsageOutputNames(encoder="encoder"))
+    use.action(use.UsageAction(plugin_id="aam", action_id="summarize"),
+               use.UsageInputs(model=encoder),
+               use.UsageOutputNames(visualization="encoder_summary"))
