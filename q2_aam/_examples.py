@@ -121,3 +121,22 @@ def predict_distances_example(use):
     use.action(use.UsageAction(plugin_id="aam", action_id="predict_distances"),
                use.UsageInputs(encoder=encoder, table=table, sequences=sequences),
                use.UsageOutputNames(distance_matrix="predicted_distances"))
+
+
+def _pipeline(use, action_id, column, outputs):
+    table, sequences = _inputs(use)
+    metadata = use.init_metadata("metadata", metadata_factory)
+    target = use.get_metadata_column(column, column, metadata)
+    use.action(use.UsageAction(plugin_id="aam", action_id=action_id),
+               use.UsageInputs(table=table, sequences=sequences, metadata=target, test_size=0.25,
+                               **TINY_MODEL),
+               use.UsageOutputNames(**{name: f"{column}-{name}" for name in outputs}))
+
+
+def regress_samples_example(use):
+    _pipeline(use, "regress_samples", "age", ("model", "predictions", "accuracy_results"))
+
+
+def classify_samples_example(use):
+    _pipeline(use, "classify_samples", "site",
+              ("model", "predictions", "probabilities", "accuracy_results"))

@@ -86,7 +86,7 @@ def fit_regressor(table: biom.Table, sequences: pd.Series, metadata: qiime2.Nume
                   learning_rate: float = 3e-4, weight_decay: float = 0.01, warmup: float = 0.05,
                   patience: int = 10, validation_fraction: float = 0.1,
                   max_grad_norm: float = 1.0, gradient_accumulation_steps: int = 1,
-                  nuc_mask_ratio: float = 0.15, nuc_penalty: float = 1.0,
+                  nuc_mask_ratio: float = 0.0, nuc_penalty: float = 1.0,
                   unifrac_penalty: float = 1.0, zero_distance_weight: float = 1.0,
                   device: str = "auto", random_seed: int = 0,
                   tensorboard_dir: str = None) -> ModelBundle:
@@ -108,7 +108,7 @@ def fit_classifier(table: biom.Table, sequences: pd.Series,
                    epochs: int = 100, learning_rate: float = 3e-4, weight_decay: float = 0.01,
                    warmup: float = 0.05, patience: int = 10, validation_fraction: float = 0.1,
                    max_grad_norm: float = 1.0, gradient_accumulation_steps: int = 1,
-                   nuc_mask_ratio: float = 0.15, nuc_penalty: float = 1.0,
+                   nuc_mask_ratio: float = 0.0, nuc_penalty: float = 1.0,
                    unifrac_penalty: float = 1.0, zero_distance_weight: float = 1.0,
                    device: str = "auto", random_seed: int = 0,
                    tensorboard_dir: str = None) -> ModelBundle:

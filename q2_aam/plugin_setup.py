@@ -1,6 +1,7 @@
 import importlib
 
 from qiime2.plugin import (Bool, Categorical, Choices, Citations, Float, Int, MetadataColumn,
+                           Visualization,
                            Numeric, Plugin, Range, Str, TypeMap)
 from q2_types.distance_matrix import DistanceMatrix
 from q2_types.ordination import PCoAResults
@@ -13,6 +14,7 @@ import q2_aam
 from . import _examples
 from ._format import (AAMConfigFormat, AAMModelDirectoryFormat, SafetensorsFormat,
                       TensorBoardEventFormat, TrainingTableFormat)
+from ._pipelines import classify_samples, regress_samples
 from ._pretrain import pretrain
 from ._supervised import (embed, fit_classifier, fit_regressor, predict, predict_distances,
                           predict_probabilities)
@@ -160,8 +162,9 @@ FIT_PARAMETER_DESCRIPTIONS = {
                       "the prediction head train (much faster). Needs pretrained_encoder.",
     "missing_samples": "'error' if table samples are missing from the metadata; 'ignore' to "
                        "train on the samples that have metadata.",
-    "nuc_mask_ratio": "Fraction of bases masked for the auxiliary masked-nucleotide loss "
-                      "(not used with freeze_encoder).",
+    "nuc_mask_ratio": "Fraction of bases masked for an auxiliary masked-nucleotide loss; 0 "
+                      "(the default) turns it off, since on simulated data it kept "
+                      "from-scratch regressors from learning. Not used with freeze_encoder.",
     "nuc_penalty": "Weight of the auxiliary masked-nucleotide loss.",
     "unifrac_penalty": "Weight of the auxiliary UniFrac loss (only with distance_matrix).",
     "zero_distance_weight": "Weight of zero-distance pairs in the auxiliary UniFrac loss.",
@@ -343,5 +346,51 @@ plugin.visualizers.register_function(
     examples={"summarize": _visualizer_examples.summarize_example},
 )
 # --- end visualizers ---
+
+PIPELINE_OUTPUT_DESCRIPTIONS = {
+    "model": "The model fitted on the training part.",
+    "predictions": "Predictions for the held-out test part.",
+    "accuracy_results": "Predicted against true values of the test part.",
+}
+TEST_SIZE_DESCRIPTION = ("Fraction of samples held out as the test part (seeded by "
+                         "random_seed; stratified by class for classification).")
+plugin.pipelines.register_function(
+    function=regress_samples,
+    inputs={k: v for k, v in FIT_INPUTS.items()},
+    parameters={**FIT_PARAMETERS, "metadata": MetadataColumn[Numeric],
+                "test_size": Float % Range(0, 1, inclusive_start=False)},
+    outputs=[("model", AAMModel[Regressor]), ("predictions", SampleData[RegressorPredictions]),
+             ("accuracy_results", Visualization)],
+    input_descriptions=FIT_INPUT_DESCRIPTIONS,
+    parameter_descriptions={**FIT_PARAMETER_DESCRIPTIONS, "test_size": TEST_SIZE_DESCRIPTION,
+                            "metadata": "Numeric metadata column to predict."},
+    output_descriptions=PIPELINE_OUTPUT_DESCRIPTIONS,
+    name="Train and test an AAM regressor",
+    description=("Split the samples into training and test parts, fit a regressor on the "
+                 "first, predict the second and plot predicted against true values."),
+    citations=FIT_CITATIONS + [citations["bokulich2018q2sampleclassifier"]],
+    examples={"regress_samples": _examples.regress_samples_example},
+)
+plugin.pipelines.register_function(
+    function=classify_samples,
+    inputs={k: v for k, v in FIT_INPUTS.items()},
+    parameters={**FIT_PARAMETERS, "metadata": MetadataColumn[Categorical],
+                "class_weights": Str % Choices(["none", "balanced"]),
+                "test_size": Float % Range(0, 1, inclusive_start=False)},
+    outputs=[("model", AAMModel[Classifier]), ("predictions", SampleData[ClassifierPredictions]),
+             ("probabilities", SampleData[Probabilities]), ("accuracy_results", Visualization)],
+    input_descriptions=FIT_INPUT_DESCRIPTIONS,
+    parameter_descriptions={**FIT_PARAMETER_DESCRIPTIONS, "test_size": TEST_SIZE_DESCRIPTION,
+                            "metadata": "Categorical metadata column to predict.",
+                            "class_weights": "'balanced' weighs each class inversely to its "
+                                             "frequency in the training split."},
+    output_descriptions={**PIPELINE_OUTPUT_DESCRIPTIONS,
+                         "probabilities": "Class probabilities for the test part."},
+    name="Train and test an AAM classifier",
+    description=("Split the samples (stratified by class) into training and test parts, fit a "
+                 "classifier on the first, predict the second and show the confusion matrix."),
+    citations=FIT_CITATIONS + [citations["bokulich2018q2sampleclassifier"]],
+    examples={"classify_samples": _examples.classify_samples_example},
+)
 
 importlib.import_module("q2_aam._transformer")

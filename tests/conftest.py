@@ -1,0 +1,69 @@
+"""Shared fixtures: one small simulated data set, its QIIME 2 artifacts, and one
+tiny pretrained encoder that several test files reuse.
+
+Everything here is session-scoped and shared: treat the fixtures as read-only
+(copy a DataFrame before changing it) so tests stay independent.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VENV_BIN = os.path.join(REPO, ".venv", "bin")
+
+# The simulated data set behind `sim` / `artifacts`: big enough for a
+# validation split and several batches, small enough to train on in a second.
+SIM_PARAMS = dict(n_samples=32, n_asvs=40, seq_length=100, depth=500, random_seed=0)
+
+# The smallest sensible model; spread it into pretrain calls: `**TINY_MODEL`.
+TINY_MODEL = dict(embedding_dim=16, attention_heads=2, attention_layers=1)
+TINY_TRAINING = dict(epochs=3, batch_size=8, validation_fraction=0.25, device="cpu",
+                     random_seed=0)
+
+
+@pytest.fixture(scope="session")
+def sim():
+    """A small `q2_aam.core.simulate.SimulatedData` (32 samples, 40 ASVs of 100 nt)."""
+    from q2_aam.core.simulate import simulate
+    return simulate(**SIM_PARAMS)
+
+
+@pytest.fixture(scope="session")
+def artifacts(sim):
+    """`sim` as QIIME 2 inputs: (FeatureTable[Frequency], FeatureData[Sequence],
+    DistanceMatrix artifacts, qiime2.Metadata)."""
+    from q2_aam._examples import to_artifacts
+    return to_artifacts(sim)
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(artifacts):
+    """An AAMModel[Encoder] artifact pretrained for a few epochs on `artifacts`."""
+    from qiime2.plugins.aam.methods import pretrain
+    table, sequences, distance_matrix, _ = artifacts
+    result = pretrain(table=table, sequences=sequences, distance_matrix=distance_matrix,
+                      **TINY_MODEL, **TINY_TRAINING)
+    return result.encoder
+
+
+def run_qiime(*args, timeout=300, env=None):
+    """Run the venv's `qiime` command; returns the CompletedProcess (never raises
+    on a non-zero exit, so tests can assert on failures)."""
+    return subprocess.run([os.path.join(VENV_BIN, "qiime"), *args], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="session")
+def qiime():
+    """`qiime(*args)` -> CompletedProcess of the venv's `qiime` command."""
+    if not os.path.exists(os.path.join(VENV_BIN, "qiime")):
+        pytest.skip(".venv/bin/qiime is missing; run `make setup`.")
+    return run_qiime
+
+
+@pytest.fixture(scope="session")
+def python_exe():
+    """The interpreter running the tests (the venv's), for subprocess checks."""
+    return sys.executable
