@@ -10,6 +10,12 @@ import sys
 
 import pytest
 
+# Tiny models gain nothing from several threads, and on a shared 2-core machine
+# oversubscribed OpenMP threads make them several times slower. Set before any
+# test module imports torch; `qiime` subprocesses inherit it. Override by
+# exporting OMP_NUM_THREADS.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV_BIN = os.path.join(REPO, ".venv", "bin")
 
@@ -21,6 +27,11 @@ SIM_PARAMS = dict(n_samples=32, n_asvs=40, seq_length=100, depth=500, random_see
 TINY_MODEL = dict(embedding_dim=16, attention_heads=2, attention_layers=1)
 TINY_TRAINING = dict(epochs=3, batch_size=8, validation_fraction=0.25, device="cpu",
                      random_seed=0)
+
+
+def pytest_configure(config):
+    if "torch" in sys.modules:      # imported before this file by some plugin
+        sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(scope="session")

@@ -135,7 +135,8 @@ def batch_indices(indices, batch_size, rng=None):
         indices = indices[rng.permutation(len(indices))]
     chunks = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
     if len(chunks) > 1 and len(chunks[-1]) < 2:
-        chunks[-2] = np.concatenate([chunks[-2], chunks.pop()])
+        last = chunks.pop()      # pop first: `chunks[-2] = f(chunks.pop())` hits the wrong slot
+        chunks[-1] = np.concatenate([chunks[-1], last])
     return chunks
 
 

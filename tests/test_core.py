@@ -1,0 +1,553 @@
+"""Tests of the torch core (q2_aam.core): no QIIME 2 is imported here."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from q2_aam.core import losses
+from q2_aam.core.bundle import ModelBundle
+from q2_aam.core.config import ModelConfig, TrainConfig
+from q2_aam.core.data import Batch, SampleSet, batch_indices, mask_nucleotides
+from q2_aam.core.losses import LossFunction, nuc_loss, unifrac_loss
+from q2_aam.core.model import AAMModel, AttentionPool, predicted_distance
+from q2_aam.core.pretrain import pretrain
+from q2_aam.core.tokenizer import (A, AMBIGUOUS, C, G, MASK, NUCLEOTIDES, PAD, START, T,
+                                   tokenize)
+from q2_aam.core.train import NonFiniteLossError, predict_outputs, train, warmup_cosine
+
+CPU = torch.device("cpu")
+TINY = dict(embedding_dim=16, attention_heads=2, attention_layers=1)
+
+
+def quiet(message):
+    pass
+
+
+def make_sample_set(sim, sequences=None, max_bp=150, asv_limit=1024):
+    sequences = sim.sequences.to_dict() if sequences is None else sequences
+    data = SampleSet(sim.counts.to_numpy(), list(sim.counts.index), list(sim.counts.columns),
+                     sequences, max_bp, asv_limit)
+    data.distances = sim.unifrac.to_numpy().astype(np.float32)
+    return data
+
+
+def make_model(seed=0, std=None):
+    """A tiny model in eval mode. `std` re-draws every weight with a larger spread,
+    so outputs depend strongly on the inputs (the default init is close to 0)."""
+    torch.manual_seed(seed)
+    model = AAMModel(ModelConfig(**TINY))
+    if std is not None:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.normal_(0.0, std)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def data(sim):
+    return make_sample_set(sim)
+
+
+@pytest.fixture(scope="module")
+def varied_data(sim):
+    """Sequences of different lengths (60-100 nt), so batches carry real padding."""
+    rng = np.random.default_rng(7)
+    seqs = {k: v[:rng.integers(60, 101)] for k, v in sim.sequences.items()}
+    return make_sample_set(sim, seqs)
+
+
+def tiny_train_config(**kw):
+    base = dict(epochs=2, batch_size=8, learning_rate=1e-3, validation_fraction=0.25,
+                device="cpu", random_seed=0)
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def bundle(sim):
+    return pretrain(make_sample_set(sim), ModelConfig(**TINY), tiny_train_config(), log=quiet)
+
+
+# --- tokenizer -------------------------------------------------------------------
+
+
+def test_tokenizer_bases_ambiguity_and_case():
+    tokens, n_truncated = tokenize(["ACGTN", "acgtr", "AY"], max_bp=10)
+    assert tokens.dtype == np.uint8
+    assert tokens.shape == (3, 6)
+    np.testing.assert_array_equal(tokens[0], [START, A, C, G, T, AMBIGUOUS])
+    np.testing.assert_array_equal(tokens[1], [START, A, C, G, T, AMBIGUOUS])
+    np.testing.assert_array_equal(tokens[2], [START, A, AMBIGUOUS, PAD, PAD, PAD])
+    assert n_truncated == 0
+    # Every IUPAC ambiguity code maps to the ambiguity token, never to padding.
+    amb, _ = tokenize(["RYSWKMBDHVN", "rysWkmbdhvn"], max_bp=20)
+    assert (amb[:, 1:] == AMBIGUOUS).all()
+
+
+def test_tokenizer_truncates_and_counts():
+    tokens, n_truncated = tokenize(["A" * 10, "C" * 5, "G" * 7, "T" * 6], max_bp=6)
+    assert n_truncated == 2          # the 10- and 7-base sequences
+    assert tokens.shape == (4, 7)    # start token + max_bp
+    assert (tokens[:, 0] == START).all()
+    assert (tokens[0, 1:] == A).all()
+    np.testing.assert_array_equal(tokens[1], [START] + [C] * 5 + [PAD])
+    # Padding only to the longest kept sequence.
+    short, n = tokenize(["ACG", "AC"], max_bp=100)
+    assert short.shape == (2, 4) and n == 0
+
+
+@pytest.mark.parametrize("sequence, bad", [("ACG-T", "-"), ("ACG.T", "."), ("ACXGT", "X"),
+                                           ("AC GT", " "), ("ACGTé", "é")])
+def test_tokenizer_rejects_gaps_and_non_iupac(sequence, bad):
+    with pytest.raises(ValueError, match="not IUPAC") as err:
+        tokenize(["ACGT", sequence], max_bp=50)
+    assert repr(bad) in str(err.value)
+    assert "Sequence 1" in str(err.value)
+
+
+def test_tokenizer_rejects_empty():
+    with pytest.raises(ValueError, match="Empty sequence"):
+        tokenize(["ACGT", ""], max_bp=10)
+    with pytest.raises(ValueError, match="No sequences"):
+        tokenize([], max_bp=10)
+
+
+# --- padding safety, permutation invariance, dedup ---------------------------------
+
+
+def test_attention_pool_all_false_mask_is_finite():
+    torch.manual_seed(0)
+    pool = AttentionPool(16)
+    x = torch.randn(3, 5, 16)
+    mask = torch.tensor([[False] * 5, [True, True, False, False, False], [True] * 5])
+    out = pool(x, mask)
+    assert out.shape == (3, 16)
+    assert torch.isfinite(out).all()
+    # Masked positions do not influence a row that has real positions.
+    x2 = x.clone()
+    x2[1, 2:] = 1e3
+    out2 = pool(x2, mask)
+    torch.testing.assert_close(out2[1], out[1])
+    x3 = x.clone()
+    x3[1, 1] += 1.0                       # a real position does matter
+    assert not torch.allclose(pool(x3, mask)[1], out[1])
+
+
+def test_all_padding_sample_and_asv_are_finite(data):
+    model = make_model(std=0.3)
+    batch = data.collate(np.arange(4))
+    with torch.no_grad():
+        reference = model(batch)["sample_embeddings"]
+    batch.asv_mask[1] = False          # sample 1 now has no valid ASV at all
+    with torch.no_grad():
+        out = model(batch)
+    for name, value in out.items():
+        assert torch.isfinite(value).all(), name
+    # The other samples are untouched by the empty one.
+    keep = [0, 2, 3]
+    torch.testing.assert_close(out["sample_embeddings"][keep], reference[keep],
+                               atol=1e-5, rtol=1e-5)
+    # An ASV row of pure padding (never produced by the tokenizer) stays finite too.
+    tokens = batch.tokens.clone()
+    tokens[0] = PAD
+    with torch.no_grad():
+        emb, states = model.encode_asvs(tokens)
+    assert torch.isfinite(emb).all() and torch.isfinite(states).all()
+
+
+def test_sample_embedding_is_invariant_to_asv_order(varied_data):
+    model = make_model(std=0.3)
+    idx = np.arange(6)
+    batch = varied_data.collate(idx)
+    n_slots = batch.asv_index.shape[1]
+    assert n_slots >= 4 and not batch.asv_mask.all()   # padding present too
+    with torch.no_grad():
+        reference = model(batch)["sample_embeddings"]
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        # A different slot order for every sample.
+        perm = torch.stack([torch.randperm(n_slots, generator=gen) for _ in idx])
+        permuted = Batch(sample_index=batch.sample_index,
+                         asv_index=torch.gather(batch.asv_index, 1, perm),
+                         asv_mask=torch.gather(batch.asv_mask, 1, perm),
+                         log_abundance=torch.gather(batch.log_abundance, 1, perm),
+                         tokens=batch.tokens)
+        with torch.no_grad():
+            out = model(permuted)["sample_embeddings"]
+        assert not torch.equal(permuted.asv_index, batch.asv_index)
+        torch.testing.assert_close(out, reference, atol=1e-5, rtol=1e-5)
+    # Not vacuous: the embedding does depend on which ASV has which abundance.
+    swapped = Batch(sample_index=batch.sample_index, asv_index=batch.asv_index,
+                    asv_mask=batch.asv_mask, log_abundance=batch.log_abundance.flip(1),
+                    tokens=batch.tokens)
+    with torch.no_grad():
+        changed = model(swapped)["sample_embeddings"]
+    assert (changed - reference).abs().max() > 1e-3
+
+
+def test_dedup_forward_equals_naive_forward(varied_data):
+    model = make_model(std=0.3)
+    idx = np.array([5, 0, 9, 3, 12, 7, 20, 1])
+    batch = varied_data.collate(idx)
+    occurrences = varied_data.occurrences(idx)
+    assert batch.tokens.shape[0] < occurrences     # some ASVs really are shared
+    # Naive: every occurrence of an ASV encoded separately, with extra padding.
+    ids = [varied_data.asv_ids[i] for i in idx]
+    n_slots = max(len(x) for x in ids)
+    flat = np.concatenate(ids)
+    tokens = torch.from_numpy(varied_data.tokens[flat].astype(np.int64))
+    tokens = torch.cat([tokens, torch.full((len(flat), 13), PAD)], dim=1)
+    asv_index = torch.zeros(len(idx), n_slots, dtype=torch.long)
+    mask = torch.zeros(len(idx), n_slots, dtype=torch.bool)
+    log_abundance = torch.zeros(len(idx), n_slots)
+    offset = 0
+    for row, x in enumerate(ids):
+        asv_index[row, :len(x)] = torch.arange(offset, offset + len(x))
+        mask[row, :len(x)] = True
+        log_abundance[row, :len(x)] = torch.from_numpy(varied_data.log_abundance[idx[row]])
+        offset += len(x)
+    naive = Batch(sample_index=torch.from_numpy(idx), asv_index=asv_index, asv_mask=mask,
+                  log_abundance=log_abundance, tokens=tokens)
+    with torch.no_grad():
+        deduped = model(batch)
+        expected = model(naive)
+    assert expected["sample_embeddings"].shape == (len(idx), 16)
+    torch.testing.assert_close(deduped["sample_embeddings"], expected["sample_embeddings"],
+                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(deduped["distance_embeddings"], expected["distance_embeddings"],
+                               atol=1e-5, rtol=1e-5)
+    # Not vacuous: a naive batch pointing at the wrong occurrences differs.
+    wrong = Batch(sample_index=naive.sample_index, asv_index=asv_index.roll(1, dims=0),
+                  asv_mask=mask.roll(1, dims=0), log_abundance=log_abundance,
+                  tokens=tokens)
+    with torch.no_grad():
+        other = model(wrong)["sample_embeddings"]
+    assert (other - expected["sample_embeddings"]).abs().max() > 1e-3
+
+
+# --- losses ----------------------------------------------------------------------
+
+
+def _symmetric(rng, n, zeros=()):
+    m = rng.uniform(0.05, 1.0, size=(n, n))
+    m = np.triu(m, 1)
+    for i, j in zeros:
+        m[min(i, j), max(i, j)] = 0.0
+    return torch.tensor(m + m.T, dtype=torch.float32)
+
+
+def test_unifrac_loss_uses_strict_upper_triangle(monkeypatch):
+    rng = np.random.default_rng(0)
+    n = 6
+    pred = torch.tensor(rng.uniform(0, 1, size=(n, n)), dtype=torch.float32)
+    true = _symmetric(rng, n)
+    holder = {"pred": pred}
+    monkeypatch.setattr(losses, "predicted_distance", lambda emb: holder["pred"])
+    emb = torch.zeros(n, 4)
+    rows, cols = np.triu_indices(n, k=1)
+    expected = float(((pred.numpy() - true.numpy())[rows, cols] ** 2).mean())
+    base = float(unifrac_loss(emb, true))
+    assert base == pytest.approx(expected, rel=1e-6)
+
+    lower = np.tril_indices(n, k=-1)
+    diag = np.diag_indices(n)
+    for index in (diag, lower):
+        p2 = pred.clone()
+        p2[index] = torch.rand(len(index[0])) + 5.0
+        holder["pred"] = p2
+        assert float(unifrac_loss(emb, true)) == pytest.approx(base, rel=1e-6)
+        holder["pred"] = pred
+        t2 = true.clone()
+        t2[index] = 0.37
+        assert float(unifrac_loss(emb, t2)) == pytest.approx(base, rel=1e-6)
+    # ...while an upper-triangle change does change it.
+    p3 = pred.clone()
+    p3[0, 1] += 0.5
+    holder["pred"] = p3
+    assert float(unifrac_loss(emb, true)) != pytest.approx(base, rel=1e-6)
+
+
+def test_unifrac_loss_real_predictions_match_hand_computation():
+    torch.manual_seed(0)
+    emb = torch.randn(5, 8) * 0.3
+    true = _symmetric(np.random.default_rng(1), 5)
+    diff = emb[:, None, :] - emb[None, :, :]
+    pred = 1 - torch.exp(-torch.sqrt((diff ** 2).mean(-1) + 1e-8))
+    torch.testing.assert_close(predicted_distance(emb), pred)
+    assert (pred >= 0).all() and (pred < 1).all()
+    rows, cols = np.triu_indices(5, k=1)
+    expected = ((pred - true)[rows, cols] ** 2).mean()
+    assert float(unifrac_loss(emb, true)) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_zero_distance_weight_zero_ignores_zero_pairs(monkeypatch):
+    rng = np.random.default_rng(3)
+    n = 5
+    zero_pairs = [(0, 1), (2, 4)]
+    true = _symmetric(rng, n, zeros=zero_pairs)
+    pred = torch.tensor(rng.uniform(0, 1, size=(n, n)), dtype=torch.float32)
+    holder = {"pred": pred}
+    monkeypatch.setattr(losses, "predicted_distance", lambda emb: holder["pred"])
+    emb = torch.zeros(n, 4)
+    rows, cols = np.triu_indices(n, k=1)
+    keep = [(r, c) not in zero_pairs for r, c in zip(rows, cols)]
+    diff = (pred.numpy() - true.numpy())[rows, cols][keep]
+    base = float(unifrac_loss(emb, true, zero_distance_weight=0.0))
+    assert base == pytest.approx(float((diff ** 2).mean()), rel=1e-6)
+    p2 = pred.clone()
+    p2[0, 1] = 0.99
+    p2[2, 4] = 0.01
+    holder["pred"] = p2
+    assert float(unifrac_loss(emb, true, zero_distance_weight=0.0)) == pytest.approx(base, rel=1e-6)
+    # With the default weight, the zero pairs do count.
+    assert float(unifrac_loss(emb, true)) != pytest.approx(
+        float(unifrac_loss(emb, true, zero_distance_weight=0.0)), rel=1e-6)
+
+
+def test_nuc_loss_uses_masked_positions_only(data):
+    model = make_model(std=0.3)
+    rng = np.random.default_rng(0)
+    batch = data.collate(np.arange(6), mask_ratio=0.15, rng=rng)
+    positions = batch.nuc_positions
+    assert positions.dtype == torch.bool and positions.shape == batch.tokens.shape
+    m = int(positions.sum())
+    assert m > 0 and batch.nuc_targets.shape == (m,)
+    with torch.no_grad():
+        out = model(batch)
+        _, states = model.encode_asvs(batch.tokens)
+        full_logits = model.nuc_head(states)            # [U, T, V]
+    assert out["nuc_logits"].shape == (m, full_logits.shape[-1])
+    torch.testing.assert_close(out["nuc_logits"], full_logits[positions])
+
+    # The loss term of the training objective is cross-entropy on those alone.
+    terms = LossFunction("encoder")(out, batch)
+    expected = F.cross_entropy(full_logits[positions], batch.nuc_targets)
+    assert float(terms["nuc_loss"]) == pytest.approx(float(expected), rel=1e-6)
+
+    # Changing logits or targets at unmasked positions changes nothing.
+    full_targets = torch.randint(0, 8, batch.tokens.shape)
+    full_targets[positions] = batch.nuc_targets
+    base = float(nuc_loss(full_logits[positions], full_targets[positions]))
+    noisy_logits = full_logits.clone()
+    noisy_logits[~positions] = torch.randn(int((~positions).sum()), full_logits.shape[-1]) * 10
+    noisy_targets = full_targets.clone()
+    noisy_targets[~positions] = (noisy_targets[~positions] + 1) % 8
+    assert float(nuc_loss(noisy_logits[positions], noisy_targets[positions])) == base
+    # A masked position does count.
+    u, t = positions.nonzero()[0].tolist()
+    noisy_logits[u, t, MASK] += 5.0
+    assert float(nuc_loss(noisy_logits[positions], full_targets[positions])) != base
+    # No masked position: a zero loss that still backpropagates.
+    empty = nuc_loss(torch.zeros(0, 8, requires_grad=True), torch.zeros(0, dtype=torch.long))
+    assert float(empty.detach()) == 0.0 and empty.requires_grad
+
+
+def test_collate_masking_keeps_targets_start_and_padding(varied_data):
+    idx = np.arange(10)
+    clean = varied_data.collate(idx)
+    masked = varied_data.collate(idx, mask_ratio=0.3, rng=np.random.default_rng(5))
+    positions, original = masked.nuc_positions, clean.tokens
+    torch.testing.assert_close(masked.nuc_targets, original[positions])
+    assert not positions[:, 0].any()                       # start token never masked
+    assert not positions[original == PAD].any()            # padding never masked
+    assert (original[:, 0] == START).all() and (masked.tokens[:, 0] == START).all()
+    assert (original == PAD).any()                         # padding is really present
+    torch.testing.assert_close(masked.tokens[~positions], original[~positions])
+    eligible = original >= NUCLEOTIDES[0]
+    fraction = float(positions.sum()) / float(eligible.sum())
+    assert abs(fraction - 0.3) < 0.05
+    # Without a mask ratio nothing is masked.
+    assert clean.nuc_positions is None and clean.nuc_targets is None
+
+
+def test_mask_nucleotides_statistics():
+    rng = np.random.default_rng(0)
+    tokens, _ = tokenize(["".join(rng.choice(list("ACGTN"), size=rng.integers(50, 120)))
+                          for _ in range(400)], max_bp=150)
+    masked, positions, targets = mask_nucleotides(tokens, 0.15, np.random.default_rng(1))
+    eligible = tokens >= NUCLEOTIDES[0]
+    assert not positions[~eligible].any()
+    assert abs(positions.sum() / eligible.sum() - 0.15) < 0.01
+    np.testing.assert_array_equal(targets, tokens[positions])
+    replaced = masked[positions]
+    assert abs((replaced == MASK).mean() - 0.8) < 0.03
+    assert set(np.unique(replaced)) <= {MASK, *NUCLEOTIDES, AMBIGUOUS}
+    np.testing.assert_array_equal(masked[~positions], tokens[~positions])
+
+
+# --- batching --------------------------------------------------------------------
+
+
+def test_batch_indices_sizes_and_coverage():
+    for n in range(2, 41):
+        for batch_size in range(2, 10):
+            for rng in (None, np.random.default_rng(n * 100 + batch_size)):
+                chunks = batch_indices(np.arange(n) + 100, batch_size, rng)
+                sizes = [len(c) for c in chunks]
+                assert min(sizes) >= 2, (n, batch_size, sizes)
+                assert max(sizes) <= batch_size + 1, (n, batch_size, sizes)
+                np.testing.assert_array_equal(np.sort(np.concatenate(chunks)),
+                                              np.arange(n) + 100)
+    # Seeded shuffling: the same seed gives the same order, and it is shuffled.
+    a = np.concatenate(batch_indices(np.arange(50), 8, np.random.default_rng(1)))
+    b = np.concatenate(batch_indices(np.arange(50), 8, np.random.default_rng(1)))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, np.arange(50))
+
+
+def test_collated_distances_follow_batch_order(data):
+    rng = np.random.default_rng(2)
+    idx = rng.permutation(len(data))[:9]
+    batch = data.collate(idx)
+    np.testing.assert_array_equal(batch.sample_index.numpy(), idx)
+    np.testing.assert_array_equal(batch.distances.numpy(), data.distances[np.ix_(idx, idx)])
+    for row, i in enumerate(idx):
+        n = len(data.asv_ids[i])
+        np.testing.assert_array_equal(batch.log_abundance[row, :n].numpy(),
+                                      data.log_abundance[i])
+        assert int(batch.asv_mask[row].sum()) == n
+    # Padded to the largest sample of the batch, not to asv_limit.
+    assert batch.asv_index.shape[1] == max(len(data.asv_ids[i]) for i in idx)
+
+
+def test_sample_set_keeps_most_abundant_up_to_asv_limit(sim):
+    limited = make_sample_set(sim, asv_limit=3)
+    counts = sim.counts.to_numpy()
+    assert limited.n_capped == int(((counts > 0).sum(1) > 3).sum())
+    for row in range(len(limited)):
+        kept = limited.asv_ids[row]
+        assert len(kept) == min(3, int((counts[row] > 0).sum()))
+        threshold = np.sort(counts[row])[::-1][len(kept) - 1]
+        assert (counts[row, kept] >= threshold).all()
+
+
+# --- schedule, errors, determinism, early stopping ---------------------------------
+
+
+def test_warmup_cosine_shape():
+    f = warmup_cosine(100, 0.1)
+    values = np.array([f(s) for s in range(100)])
+    np.testing.assert_allclose(values[:10], np.arange(1, 11) / 10)      # linear rise
+    assert values[9] == pytest.approx(1.0)
+    assert (np.diff(values[10:]) <= 1e-12).all()                      # then decays
+    assert values[55] == pytest.approx(0.5, abs=0.02)                  # cosine midpoint
+    assert values[-1] < 0.01
+    g = warmup_cosine(10, 0.0)
+    assert g(0) == pytest.approx(1.0)
+    assert g(10) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_non_finite_loss_names_epoch_and_step(data):
+    real = LossFunction("encoder")
+    calls = {"n": 0}
+
+    def loss_fn(out, batch):
+        terms = real(out, batch)
+        calls["n"] += 1
+        if calls["n"] == 6:              # 4 steps per epoch: epoch 2, step 2
+            terms["loss"] = terms["loss"] * float("nan")
+        return terms
+
+    torch.manual_seed(0)
+    model = AAMModel(ModelConfig(**TINY))
+    cfg = tiny_train_config(epochs=3, batch_size=4, validation_fraction=0.0)
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2, step 2") as err:
+        train(model, data, np.arange(16), np.arange(0), loss_fn, cfg, log=quiet)
+    assert "learning_rate" in str(err.value)       # it suggests a remedy
+
+
+def test_same_seed_same_weights_different_seed_differs(sim, bundle):
+    again = pretrain(make_sample_set(sim), ModelConfig(**TINY), tiny_train_config(), log=quiet)
+    other = pretrain(make_sample_set(sim), ModelConfig(**TINY),
+                     tiny_train_config(random_seed=1), log=quiet)
+    assert set(bundle.state_dict) == set(again.state_dict) == set(other.state_dict)
+    for name, tensor in bundle.state_dict.items():
+        assert torch.equal(tensor, again.state_dict[name]), name
+    assert any(not torch.equal(t, other.state_dict[k]) for k, t in bundle.state_dict.items())
+    cols = [c for c in bundle.history.columns if c != "seconds"]
+    assert bundle.history[cols].equals(again.history[cols])
+
+
+def test_early_stopping_restores_best_epoch(data):
+    scripted = [5.0, 3.0, 1.0, 2.0, 4.0, 6.0, 7.0, 8.0, 9.0, 10.0]
+    snapshots = []
+    real = LossFunction("encoder")
+
+    def loss_fn(out, batch):
+        if torch.is_grad_enabled():       # training: the real objective
+            return real(out, batch)
+        epoch = len(snapshots)            # validation of epoch len(snapshots) + 1
+        return {"loss": torch.tensor(scripted[epoch])}
+
+    def evaluate(model, data_, val_idx, device):
+        snapshots.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return {"marker": float(len(snapshots))}, f"detail {len(snapshots)}"
+
+    torch.manual_seed(0)
+    model = AAMModel(ModelConfig(**TINY))
+    cfg = tiny_train_config(epochs=10, patience=3, learning_rate=3e-3)
+    result = train(model, data, np.arange(24), np.arange(24, 32), loss_fn, cfg,
+                   evaluate=evaluate, log=quiet)
+    assert result.best_epoch == 3
+    assert list(result.history["epoch"]) == [1, 2, 3, 4, 5, 6]    # stopped after 3 stale
+    np.testing.assert_allclose(result.history["val/loss"], scripted[:6])
+    assert result.best_validation == "detail 3"
+    state = model.state_dict()
+    for name, tensor in snapshots[2].items():
+        assert torch.equal(state[name], tensor), name
+    assert any(not torch.equal(state[k], v) for k, v in snapshots[5].items())
+
+
+def test_pretrain_info_best_epoch_matches_history(bundle):
+    history = bundle.history
+    best = int(history.loc[history["val/loss"].idxmin(), "epoch"])
+    assert bundle.info["best_epoch"] == best
+    assert bundle.info["n_samples"] == 32
+    assert len(bundle.info["train_samples"]) == 24
+
+
+# --- bundle ----------------------------------------------------------------------
+
+
+def test_bundle_round_trip_and_history(tmp_path, data, bundle):
+    expected_columns = {"epoch", "train/loss", "val/loss", "train/unifrac_loss",
+                        "train/nuc_loss", "val/unifrac_loss", "val/nuc_loss",
+                        "val/unifrac_r2", "learning_rate"}
+    assert expected_columns <= set(bundle.history.columns)
+    assert len(bundle.history) == 2
+    assert np.isfinite(bundle.history[sorted(expected_columns)].to_numpy()).all()
+
+    bundle.save(tmp_path / "model")
+    assert {p.name for p in (tmp_path / "model").iterdir()} >= {
+        "config.json", "model.safetensors", "history.tsv", "validation.tsv", "tensorboard"}
+    loaded = ModelBundle.load(tmp_path / "model")
+    assert loaded.model_config == bundle.model_config
+    assert loaded.info == bundle.info
+    assert set(loaded.state_dict) == set(bundle.state_dict)
+    for name, tensor in bundle.state_dict.items():
+        assert torch.equal(loaded.state_dict[name], tensor), name
+    np.testing.assert_allclose(loaded.history.to_numpy(dtype=float),
+                               bundle.history.to_numpy(dtype=float), rtol=1e-12)
+    assert list(loaded.history.columns) == list(bundle.history.columns)
+    assert loaded.event_files.keys() == bundle.event_files.keys() and loaded.event_files
+
+    idx = np.arange(len(data))
+    before = predict_outputs(bundle.build_model(), data, idx, 8, CPU)
+    after = predict_outputs(loaded.build_model(), data, idx, 8, CPU)
+    assert before["sample_embeddings"].shape == (len(data), 16)
+    np.testing.assert_array_equal(after["sample_embeddings"], before["sample_embeddings"])
+    np.testing.assert_array_equal(after["distance_embeddings"], before["distance_embeddings"])
+    # The untrained model gives other embeddings: the weights really were loaded.
+    fresh = predict_outputs(make_model(seed=123), data, idx, 8, CPU)
+    assert not np.allclose(fresh["sample_embeddings"], before["sample_embeddings"])
+
+
+def test_config_validation_messages():
+    with pytest.raises(ValueError, match="divisible by attention_heads"):
+        ModelConfig(embedding_dim=10, attention_heads=3)
+    with pytest.raises(ValueError, match="batch_size must be at least 2"):
+        TrainConfig(batch_size=1)
+    with pytest.raises(ValueError, match="warmup must be in"):
+        TrainConfig(warmup=1.5)
+    assert math.isclose(TrainConfig().nuc_mask_ratio, 0.15)
