@@ -1,17 +1,16 @@
 import importlib
 
-from qiime2.plugin import (Bool, Categorical, Choices, Citations, Float, Int, MetadataColumn,
-                           Visualization,
-                           Numeric, Plugin, Range, Str, TypeMap)
-from q2_types.distance_matrix import DistanceMatrix
-from q2_types.ordination import PCoAResults
 from q2_sample_classifier import ClassifierPredictions, Probabilities, RegressorPredictions
+from q2_types.distance_matrix import DistanceMatrix
 from q2_types.feature_data import FeatureData, Sequence
 from q2_types.feature_table import FeatureTable, Frequency
+from q2_types.ordination import PCoAResults
 from q2_types.sample_data import AlphaDiversity, SampleData
+from qiime2.plugin import (Bool, Categorical, Choices, Citations, Float, Int, MetadataColumn,
+                           Numeric, Plugin, Range, Str, TypeMap, Visualization)
 
 import q2_aam
-from . import _examples
+from . import _examples, _visualizer_examples
 from ._format import (AAMConfigFormat, AAMModelDirectoryFormat, SafetensorsFormat,
                       TensorBoardEventFormat, TrainingTableFormat)
 from ._pipelines import classify_samples, regress_samples
@@ -19,6 +18,7 @@ from ._pretrain import pretrain
 from ._supervised import (embed, fit_classifier, fit_regressor, predict, predict_distances,
                           predict_probabilities)
 from ._type import AAMModel, Classifier, Encoder, Regressor
+from ._visualizers import confusion_matrix, scatterplot, summarize
 
 citations = Citations.load("citations.bib", package="q2_aam")
 
@@ -137,7 +137,6 @@ plugin.methods.register_function(
     examples={"pretrain_encoder": _examples.pretrain_example},
 )
 
-# --- supervised ---
 FIT_INPUTS = {"table": FeatureTable[Frequency], "sequences": FeatureData[Sequence],
               "pretrained_encoder": AAMModel[Encoder], "distance_matrix": DistanceMatrix}
 FIT_INPUT_DESCRIPTIONS = {
@@ -281,17 +280,6 @@ plugin.methods.register_function(
     citations=[citations["lozupone2005unifrac"]],
     examples={"predict_distances": _examples.predict_distances_example},
 )
-# --- end supervised ---
-
-# --- visualizers ---
-# The block imports what it uses, so it stands whatever the blocks above import.
-from qiime2.plugin import Categorical, MetadataColumn, Numeric
-from q2_sample_classifier import ClassifierPredictions, Probabilities, RegressorPredictions
-from q2_types.sample_data import SampleData
-
-from . import _visualizer_examples
-from ._type import AAMModel, Classifier, Encoder, Regressor
-from ._visualizers import confusion_matrix, scatterplot, summarize
 
 plugin.visualizers.register_function(
     function=scatterplot,
@@ -345,7 +333,6 @@ plugin.visualizers.register_function(
     citations=[],
     examples={"summarize": _visualizer_examples.summarize_example},
 )
-# --- end visualizers ---
 
 PIPELINE_OUTPUT_DESCRIPTIONS = {
     "model": "The model fitted on the training part.",
