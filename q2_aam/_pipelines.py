@@ -3,7 +3,8 @@ import biom
 import numpy as np
 
 
-def _split(ctx, table, metadata, test_size, random_seed, missing_samples, stratify):
+def _split(ctx, table, metadata, test_size, random_seed, missing_samples, stratify,
+           validation_fraction=0.0):
     """Seeded train/test split of the table's samples that have a metadata value."""
     from .core.data import split_indices
     from ._supervised import _targets
@@ -13,10 +14,15 @@ def _split(ctx, table, metadata, test_size, random_seed, missing_samples, strati
     strata = None
     if stratify:
         classes, strata = np.unique(np.asarray(values, dtype=str), return_inverse=True)
-        small = classes[np.bincount(strata) < 2]
+        # One sample of each class goes to the test part, and the fit's own
+        # stratified validation split needs two more in the training part.
+        needed = 3 if validation_fraction > 0 else 2
+        small = classes[np.bincount(strata) < needed]
         if len(small):
-            raise ValueError(f"Class(es) {', '.join(small)} have a single sample, too few for a "
-                             "stratified train/test split. Remove or merge them.")
+            raise ValueError(
+                f"Class(es) {', '.join(small)} have fewer than {needed} samples, too few for a "
+                "stratified train/test split (and validation split) by class. Remove or merge "
+                "them" + (", or set validation_fraction to 0." if needed == 3 else "."))
     rng = np.random.default_rng([random_seed, 3])
     train_idx, test_idx = split_indices(len(ids), test_size, rng, strata=strata)
     if len(test_idx) == 0 or len(train_idx) < 2:
@@ -68,7 +74,8 @@ def classify_samples(ctx, table, sequences, metadata, pretrained_encoder=None,
     for name in ("ctx", "table", "sequences", "metadata", "test_size", "missing_samples"):
         fit_parameters.pop(name)
     train_table, test_table = _split(ctx, table, metadata, test_size, random_seed,
-                                     missing_samples, stratify=True)
+                                     missing_samples, stratify=True,
+                                     validation_fraction=validation_fraction)
     model, = ctx.get_action("aam", "fit_classifier")(
         table=train_table, sequences=sequences, metadata=metadata, missing_samples="ignore",
         **fit_parameters)

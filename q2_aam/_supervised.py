@@ -27,6 +27,10 @@ def _targets(data_ids, column, missing_samples):
     if absent:
         log(f"Ignoring {len(absent)} table sample(s) absent from the metadata.")
     series = series.dropna()
+    if series.empty:
+        raise ValueError(f"None of the table's {len(data_ids)} samples has a value in "
+                         f"'{column.name}'. Check that the table and the metadata describe the "
+                         "same samples (their sample IDs must match).")
     return list(series.index), series.to_numpy()
 
 

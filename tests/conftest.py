@@ -5,6 +5,7 @@ Everything here is session-scoped and shared: treat the fixtures as read-only
 (copy a DataFrame before changing it) so tests stay independent.
 """
 import os
+import shutil
 import subprocess
 import sys
 
@@ -62,15 +63,22 @@ def tiny_encoder(artifacts):
 def run_qiime(*args, timeout=300, env=None):
     """Run the venv's `qiime` command; returns the CompletedProcess (never raises
     on a non-zero exit, so tests can assert on failures)."""
-    return subprocess.run([os.path.join(VENV_BIN, "qiime"), *args], capture_output=True,
+    return subprocess.run([qiime_executable(), *args], capture_output=True,
                           text=True, timeout=timeout, env=env)
+
+
+def qiime_executable():
+    """The venv's `qiime` (own plugin cache) when set up, else the one on PATH
+    (a conda install)."""
+    venv_qiime = os.path.join(VENV_BIN, "qiime")
+    return venv_qiime if os.path.exists(venv_qiime) else shutil.which("qiime")
 
 
 @pytest.fixture(scope="session")
 def qiime():
-    """`qiime(*args)` -> CompletedProcess of the venv's `qiime` command."""
-    if not os.path.exists(os.path.join(VENV_BIN, "qiime")):
-        pytest.skip(".venv/bin/qiime is missing; run `make setup`.")
+    """`qiime(*args)` -> CompletedProcess of the `qiime` command."""
+    if qiime_executable() is None:
+        pytest.fail("No `qiime` command: run `make setup` (or install q2cli).")
     return run_qiime
 
 

@@ -1,5 +1,7 @@
 """Tests of the torch core (q2_aam.core): no QIIME 2 is imported here."""
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -551,3 +553,13 @@ def test_config_validation_messages():
     with pytest.raises(ValueError, match="warmup must be in"):
         TrainConfig(warmup=1.5)
     assert math.isclose(TrainConfig().nuc_mask_ratio, 0.15)
+
+
+def test_core_imports_no_qiime2():
+    code = ("import sys, q2_aam.core.pretrain, q2_aam.core.train, q2_aam.core.bundle, "
+            "q2_aam.core.simulate; "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('qiime2', 'q2_types', 'q2cli', 'biom', 'skbio')); assert not bad, bad")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr

@@ -443,9 +443,27 @@ def test_class_too_small_for_the_stratified_test_split(aam, small):
     labels = ["a", "b"] * (len(small.ids) // 2)
     labels[0] = "lonely"
     metadata = metadata_of(ids=small.ids, site=labels)
-    with pytest.raises(ValueError, match=r"lonely have a single sample.*train/test split"):
+    with pytest.raises(ValueError, match=r"lonely have fewer than 3 samples.*train/test split"):
         aam.pipelines.classify_samples(table=small.table, sequences=small.sequences,
                                        metadata=metadata.get_column("site"), **TINY)
+
+
+def test_two_sample_class_is_refused_by_the_pipeline_itself(aam, small):
+    # One goes to the test part, leaving one: too few for the fit's validation split.
+    labels = ["a", "b"] * (len(small.ids) // 2)
+    labels[0] = labels[1] = "pair"
+    metadata = metadata_of(ids=small.ids, site=labels)
+    with pytest.raises(ValueError, match=r"pair have fewer than 3 samples.*validation_fraction"):
+        aam.pipelines.classify_samples(table=small.table, sequences=small.sequences,
+                                       metadata=metadata.get_column("site"), **TINY)
+
+
+def test_no_table_sample_in_metadata_is_named(aam, small):
+    metadata = metadata_of(ids=["elsewhere-1", "elsewhere-2"], age=[1.0, 2.0])
+    with pytest.raises(ValueError, match=r"None of the table's 32 samples has a value in 'age'"):
+        aam.methods.fit_regressor(table=small.table, sequences=small.sequences,
+                                  metadata=metadata.get_column("age"), missing_samples="ignore",
+                                  **TINY)
 
 
 def test_too_few_samples(aam, small):
