@@ -107,6 +107,7 @@ def main():
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--epochs", type=int, default=0, help="also pretrain and report R^2")
     parser.add_argument("--learning-rate", type=float, default=3e-4)
+    parser.add_argument("--nuc-penalty", type=float, default=1.0)
     parser.add_argument("--embedding-dim", type=int, default=128)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--device", default="auto")
@@ -125,6 +126,7 @@ def main():
     if args.epochs:
         cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
                           learning_rate=args.learning_rate, device=args.device,
+                          nuc_penalty=args.nuc_penalty,
                           validation_fraction=0.1, patience=args.epochs)
         start = time.perf_counter()
         bundle = pretrain(data, model_cfg, cfg)
@@ -134,7 +136,8 @@ def main():
                               "wall_seconds": time.perf_counter() - start,
                               "val_unifrac_r2": float(best["val/unifrac_r2"]),
                               "val_unifrac_pearson": float(best["val/unifrac_pearson"]),
-                              "learning_rate": args.learning_rate}
+                              "learning_rate": args.learning_rate,
+                              "nuc_penalty": args.nuc_penalty}
     result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
     text = json.dumps(result, indent=2)
     print(text)

@@ -150,3 +150,30 @@ def _series_of(name):
         return [("learning_rate", "learning rate", TRAIN_COLOR)]
     return [(f"train/{name}", "train", TRAIN_COLOR),
             (f"val/{name}", "validation", VALIDATION_COLOR)]
+
+
+def learning_rate_sweep(output_dir, stem, curve, suggested, lowest):
+    """Loss against learning rate (log scale) of a range test: each step's loss, the
+    smoothed loss, and the rates at the lowest smoothed loss and suggested."""
+    figure = new_figure(7.5, 4.8)
+    axes = figure.add_subplot()
+    rates = curve["learning_rate"].to_numpy()
+    axes.plot(rates, curve["loss"], color=TRAIN_COLOR, alpha=0.25, linewidth=1,
+              label="loss of each step")
+    axes.plot(rates, curve["smoothed_loss"], color=TRAIN_COLOR, linewidth=2,
+              label="smoothed loss")
+    axes.axvline(lowest, color=BEST_COLOR, linestyle=":",
+                 label=f"lowest smoothed loss ({lowest:.2g})")
+    axes.axvline(suggested, color=VALIDATION_COLOR, linestyle="--", linewidth=2,
+                 label=f"suggested learning rate ({suggested:.2g})")
+    axes.set_xscale("log")
+    # The smoothed curve sets the range: a single exploding step would flatten the rest.
+    low = min(curve["loss"].min(), curve["smoothed_loss"].min())
+    high = curve["smoothed_loss"].max()
+    margin = 0.05 * (high - low) or 0.5
+    axes.set_ylim(low - margin, high + margin)
+    axes.set_xlabel("learning rate")
+    axes.set_ylabel("training loss")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    save(figure, output_dir, stem)

@@ -10,7 +10,8 @@ def pretrain(table: biom.Table, sequences: pd.Series, distance_matrix: skbio.Dis
              faith_pd: pd.Series = None, embedding_dim: int = 128, attention_heads: int = 4,
              attention_layers: int = 4, max_bp: int = 150, asv_limit: int = 1024,
              batch_size: int = 32, epochs: int = 100, learning_rate: float = 3e-4,
-             weight_decay: float = 0.01, warmup: float = 0.05, patience: int = 10,
+             weight_decay: float = 0.01, optimizer: str = "adamw",
+             scheduler: str = "warmup_cosine", warmup: float = 0.05, patience: int = 10,
              validation_fraction: float = 0.1, max_grad_norm: float = 1.0,
              gradient_accumulation_steps: int = 1, nuc_mask_ratio: float = 0.15,
              nuc_penalty: float = 1.0, unifrac_penalty: float = 1.0,
@@ -20,13 +21,12 @@ def pretrain(table: biom.Table, sequences: pd.Series, distance_matrix: skbio.Dis
     from .core.config import ModelConfig, TrainConfig
     from .core.pretrain import pretrain as core_pretrain
 
-    if zero_distance_weight < 0:
-        raise ValueError(f"zero_distance_weight must be non-negative; got {zero_distance_weight}.")
     model_cfg = ModelConfig(embedding_dim=embedding_dim, attention_heads=attention_heads,
                             attention_layers=attention_layers, max_bp=max_bp, asv_limit=asv_limit,
                             task="encoder", faith_pd=faith_pd is not None)
     train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-                            weight_decay=weight_decay, warmup=warmup, patience=patience,
+                            weight_decay=weight_decay, optimizer=optimizer,
+                            scheduler=scheduler, warmup=warmup, patience=patience,
                             validation_fraction=validation_fraction, max_grad_norm=max_grad_norm,
                             gradient_accumulation_steps=gradient_accumulation_steps,
                             nuc_mask_ratio=nuc_mask_ratio, nuc_penalty=nuc_penalty,

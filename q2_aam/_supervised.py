@@ -34,6 +34,16 @@ def _targets(data_ids, column, missing_samples):
     return list(series.index), series.to_numpy()
 
 
+def _sample_set_with_targets(table, sequences, metadata, missing_samples, max_bp, asv_limit):
+    """The table's samples that have a value in `metadata` as a SampleSet, and their
+    values in its sample order (samples without counts are dropped from both)."""
+    ids, values = _targets(list(table.ids(axis="sample")), metadata, missing_samples)
+    table = table.filter(ids, axis="sample", inplace=False)
+    data = build_sample_set(table, sequences, max_bp, asv_limit)
+    position = {sample_id: i for i, sample_id in enumerate(ids)}
+    return data, values[[position[s] for s in data.sample_ids]]
+
+
 def _fit(task, table, sequences, metadata, pretrained_encoder, distance_matrix, freeze_encoder,
          missing_samples, class_weights, params):
     from .core.config import ModelConfig, TrainConfig
@@ -51,12 +61,8 @@ def _fit(task, table, sequences, metadata, pretrained_encoder, distance_matrix, 
     train_cfg = TrainConfig(**{**params, "tensorboard_dir": params["tensorboard_dir"] or "",
                                "unifrac_penalty": params["unifrac_penalty"]
                                if distance_matrix is not None else 0.0})
-    table_ids = list(table.ids(axis="sample"))
-    ids, values = _targets(table_ids, metadata, missing_samples)
-    table = table.filter(ids, axis="sample", inplace=False)
-    data = build_sample_set(table, sequences, model_cfg.max_bp, model_cfg.asv_limit)
-    keep = [ids.index(s) for s in data.sample_ids]
-    values = values[keep]
+    data, values = _sample_set_with_targets(table, sequences, metadata, missing_samples,
+                                            model_cfg.max_bp, model_cfg.asv_limit)
     if task == "classifier":
         _check_classes(values, train_cfg.validation_fraction)
     check_split_size(len(data), train_cfg.batch_size, train_cfg.validation_fraction)
@@ -87,8 +93,9 @@ def fit_regressor(table: biom.Table, sequences: pd.Series, metadata: qiime2.Nume
                   missing_samples: str = "error", embedding_dim: int = 128,
                   attention_heads: int = 4, attention_layers: int = 4, max_bp: int = 150,
                   asv_limit: int = 1024, batch_size: int = 32, epochs: int = 100,
-                  learning_rate: float = 3e-4, weight_decay: float = 0.01, warmup: float = 0.05,
-                  patience: int = 10, validation_fraction: float = 0.1,
+                  learning_rate: float = 3e-4, weight_decay: float = 0.01,
+                  optimizer: str = "adamw", scheduler: str = "warmup_cosine",
+                  warmup: float = 0.05, patience: int = 10, validation_fraction: float = 0.1,
                   max_grad_norm: float = 1.0, gradient_accumulation_steps: int = 1,
                   nuc_mask_ratio: float = 0.0, nuc_penalty: float = 1.0,
                   unifrac_penalty: float = 1.0, zero_distance_weight: float = 1.0,
@@ -110,6 +117,7 @@ def fit_classifier(table: biom.Table, sequences: pd.Series,
                    embedding_dim: int = 128, attention_heads: int = 4, attention_layers: int = 4,
                    max_bp: int = 150, asv_limit: int = 1024, batch_size: int = 32,
                    epochs: int = 100, learning_rate: float = 3e-4, weight_decay: float = 0.01,
+                   optimizer: str = "adamw", scheduler: str = "warmup_cosine",
                    warmup: float = 0.05, patience: int = 10, validation_fraction: float = 0.1,
                    max_grad_norm: float = 1.0, gradient_accumulation_steps: int = 1,
                    nuc_mask_ratio: float = 0.0, nuc_penalty: float = 1.0,

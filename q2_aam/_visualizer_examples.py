@@ -7,6 +7,11 @@ from ._examples import (TINY_MODEL, distance_matrix_factory, metadata_factory,
                         sequences_factory, simulated, table_factory)
 
 WRONG_LABEL_EVERY = 4   # every fourth sample gets the next site's label
+# A range test of the tiny model: a short sweep, enough to draw the curve.
+TINY_RANGE_TEST = dict(embedding_dim=TINY_MODEL["embedding_dim"],
+                       attention_heads=TINY_MODEL["attention_heads"],
+                       attention_layers=TINY_MODEL["attention_layers"],
+                       batch_size=TINY_MODEL["batch_size"], steps=20)
 
 
 def regressor_predictions_factory():
@@ -76,3 +81,24 @@ def summarize_example(use):
     use.action(use.UsageAction(plugin_id="aam", action_id="summarize"),
                use.UsageInputs(model=encoder),
                use.UsageOutputNames(visualization="encoder_summary"))
+
+
+def find_learning_rate_pretraining_example(use):
+    table = use.init_artifact("table", table_factory)
+    sequences = use.init_artifact("sequences", sequences_factory)
+    distance_matrix = use.init_artifact("unweighted_unifrac", distance_matrix_factory)
+    use.action(use.UsageAction(plugin_id="aam", action_id="find_learning_rate"),
+               use.UsageInputs(table=table, sequences=sequences, distance_matrix=distance_matrix,
+                               **TINY_RANGE_TEST),
+               use.UsageOutputNames(visualization="pretraining_range_test"))
+
+
+def find_learning_rate_regression_example(use):
+    table = use.init_artifact("table", table_factory)
+    sequences = use.init_artifact("sequences", sequences_factory)
+    metadata = use.init_metadata("metadata", metadata_factory)
+    age = use.get_metadata_column("age", "age", metadata)
+    use.action(use.UsageAction(plugin_id="aam", action_id="find_learning_rate"),
+               use.UsageInputs(table=table, sequences=sequences, metadata=age,
+                               **TINY_RANGE_TEST),
+               use.UsageOutputNames(visualization="age_range_test"))

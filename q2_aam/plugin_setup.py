@@ -11,8 +11,10 @@ from qiime2.plugin import (Bool, Categorical, Choices, Citations, Float, Int, Me
 
 import q2_aam
 from . import _examples, _visualizer_examples
+from .core.config import OPTIMIZERS, SCHEDULERS
 from ._format import (AAMConfigFormat, AAMModelDirectoryFormat, SafetensorsFormat,
                       TensorBoardEventFormat, TrainingTableFormat)
+from ._lr_finder import find_learning_rate
 from ._pipelines import classify_samples, regress_samples
 from ._pretrain import pretrain
 from ._supervised import (embed, fit_classifier, fit_regressor, predict, predict_distances,
@@ -62,6 +64,8 @@ TRAINING_PARAMETERS = {
     "epochs": Int % Range(1, None),
     "learning_rate": Float % Range(0, None, inclusive_start=False),
     "weight_decay": Float % Range(0, None),
+    "optimizer": Str % Choices(list(OPTIMIZERS)),
+    "scheduler": Str % Choices(list(SCHEDULERS)),
     "warmup": Float % Range(0, 1),
     "patience": Int % Range(1, None),
     "validation_fraction": Float % Range(0, 1),
@@ -74,10 +78,28 @@ TRAINING_PARAMETERS = {
 TRAINING_DESCRIPTIONS = {
     "batch_size": "Samples per batch (at least 2: the UniFrac loss compares pairs).",
     "epochs": "Maximum passes over the training samples.",
-    "learning_rate": "Peak learning rate of AdamW.",
-    "weight_decay": "AdamW weight decay (matrices only; biases and norms are not decayed).",
+    "learning_rate": "Peak learning rate of the schedule. Its best value depends on the "
+                     "optimizer, the batch size and the model: `qiime aam find-learning-rate` "
+                     "suggests one.",
+    "weight_decay": "Weight decay of the weight matrices (biases and norms are not decayed): "
+                    "decoupled from the gradient for adamw and lion, an L2 penalty added to "
+                    "the gradient for adam and sgd.",
+    "optimizer": "'adamw': AdamW. 'adam': Adam. 'sgd': SGD with Nesterov momentum 0.9; it "
+                 "usually needs a much larger learning rate than the Adam family. 'lion': "
+                 "Lion (each weight moves by the learning rate, in the direction of the sign "
+                 "of a mix of its gradient and momentum; betas 0.9 and 0.99); it wants a learning rate about 3-10x "
+                 "smaller than AdamW's and a weight decay 3-10x larger.",
+    "scheduler": "How the learning rate moves over the optimizer steps of the run. "
+                 "'warmup_cosine': linear warmup, then cosine decay to 0. 'cosine': cosine "
+                 "decay to 0 from the first step (warmup is not used). 'constant': linear "
+                 "warmup, then constant. 'plateau': linear warmup, then halved whenever the "
+                 "monitored loss (validation, else training) has not improved for a third of "
+                 "patience epochs (at least 1). 'onecycle': one cycle, up from "
+                 "learning_rate / 25 to learning_rate over the warmup fraction (0.3 when "
+                 "warmup is 0), then cosine down to learning_rate / 250000.",
     "warmup": "Fraction of all optimizer steps spent warming the learning rate up linearly "
-              "before the cosine decay; a fraction, so it always ends on small data.",
+              "(or, for onecycle, rising to its peak); a fraction, so it always ends on small "
+              "data.",
     "patience": "Stop when the validation loss has not improved for this many epochs; the "
                 "best epoch's weights are kept.",
     "validation_fraction": "Fraction of samples held out, seeded by random_seed, for early "
@@ -133,7 +155,8 @@ plugin.methods.register_function(
                  "their UniFrac), while a masked-nucleotide loss teaches the ASV encoder to "
                  "read DNA. Progress is shown with --verbose."),
     citations=[citations["vaswani2017attention"], citations["devlin2019bert"],
-               citations["lozupone2005unifrac"], citations["loshchilov2019adamw"]],
+               citations["lozupone2005unifrac"], citations["loshchilov2019adamw"],
+               citations["chen2023symbolic"]],
     examples={"pretrain_encoder": _examples.pretrain_example},
 )
 
@@ -168,7 +191,8 @@ FIT_PARAMETER_DESCRIPTIONS = {
     "unifrac_penalty": "Weight of the auxiliary UniFrac loss (only with distance_matrix).",
     "zero_distance_weight": "Weight of zero-distance pairs in the auxiliary UniFrac loss.",
 }
-FIT_CITATIONS = [citations["vaswani2017attention"], citations["loshchilov2019adamw"]]
+FIT_CITATIONS = [citations["vaswani2017attention"], citations["loshchilov2019adamw"],
+                 citations["chen2023symbolic"]]
 
 plugin.methods.register_function(
     function=fit_regressor,
@@ -332,6 +356,53 @@ plugin.visualizers.register_function(
                  "classifier); and the TensorBoard event files to download."),
     citations=[],
     examples={"summarize": _visualizer_examples.summarize_example},
+)
+
+plugin.visualizers.register_function(
+    function=find_learning_rate,
+    inputs={"table": FeatureTable[Frequency], "sequences": FeatureData[Sequence],
+            "distance_matrix": DistanceMatrix},
+    parameters={"metadata": MetadataColumn[Numeric | Categorical],
+                "missing_samples": FIT_PARAMETERS["missing_samples"],
+                **ARCHITECTURE_PARAMETERS,
+                **{name: TRAINING_PARAMETERS[name] for name in (
+                    "batch_size", "optimizer", "weight_decay", "device", "random_seed")},
+                "min_learning_rate": Float % Range(0, None, inclusive_start=False),
+                "max_learning_rate": Float % Range(0, None, inclusive_start=False),
+                "steps": Int % Range(10, None)},
+    input_descriptions={
+        "table": "Feature table of the samples to train on.",
+        "sequences": "The DNA sequence of every feature in the table.",
+        "distance_matrix": "UniFrac distances between the table's samples: the test then "
+                           "uses pretrain's UniFrac and masked-nucleotide losses (or, with "
+                           "metadata, adds the UniFrac loss as the fits do).",
+    },
+    parameter_descriptions={
+        "metadata": "A column to predict: numeric for fit-regressor's loss, categorical for "
+                    "fit-classifier's. Give this, distance_matrix, or both.",
+        "missing_samples": FIT_PARAMETER_DESCRIPTIONS["missing_samples"],
+        **ARCHITECTURE_DESCRIPTIONS,
+        **{name: TRAINING_DESCRIPTIONS[name] for name in (
+            "batch_size", "optimizer", "weight_decay", "device")},
+        "random_seed": "Seed for initialization, shuffling and masking.",
+        "min_learning_rate": "The learning rate of the first step.",
+        "max_learning_rate": "The learning rate of the last step; the sweep stops earlier "
+                             "if the loss diverges.",
+        "steps": "Optimizer steps (one batch each) of the sweep; the learning rate grows by "
+                 "the same factor at each.",
+    },
+    name="Find a learning rate with a range test",
+    description=("The learning-rate range test: a throwaway model trains for a few hundred "
+                 "steps while the learning rate grows exponentially from min_learning_rate "
+                 "to max_learning_rate, stopping once the loss diverges. The page shows the "
+                 "loss against the learning rate and suggests a peak learning rate for "
+                 "pretrain, fit-regressor or fit-classifier with the same optimizer: a tenth "
+                 "of the rate at the lowest smoothed loss."),
+    citations=[citations["smith2017cyclical"], citations["chen2023symbolic"]],
+    examples={"find_learning_rate_pretraining":
+              _visualizer_examples.find_learning_rate_pretraining_example,
+              "find_learning_rate_regression":
+              _visualizer_examples.find_learning_rate_regression_example},
 )
 
 PIPELINE_OUTPUT_DESCRIPTIONS = {

@@ -17,7 +17,8 @@ from q2_aam.core.model import AAMModel, AttentionPool, predicted_distance
 from q2_aam.core.pretrain import pretrain
 from q2_aam.core.tokenizer import (A, AMBIGUOUS, C, G, MASK, NUCLEOTIDES, PAD, START, T,
                                    tokenize)
-from q2_aam.core.train import NonFiniteLossError, predict_outputs, train, warmup_cosine
+from q2_aam.core.optim import warmup_cosine
+from q2_aam.core.train import NonFiniteLossError, predict_outputs, train
 
 CPU = torch.device("cpu")
 TINY = dict(embedding_dim=16, attention_heads=2, attention_layers=1)

@@ -2,6 +2,9 @@
 from dataclasses import asdict, dataclass, field, fields
 
 TASKS = ("encoder", "regressor", "classifier")
+# Defined here (no torch) so that the plugin can offer them as choices; built in optim.py.
+OPTIMIZERS = ("adamw", "adam", "sgd", "lion")
+SCHEDULERS = ("warmup_cosine", "cosine", "plateau", "onecycle", "constant")
 
 
 @dataclass
@@ -44,6 +47,8 @@ class TrainConfig:
     batch_size: int = 32
     learning_rate: float = 3e-4
     weight_decay: float = 0.01
+    optimizer: str = "adamw"
+    scheduler: str = "warmup_cosine"
     warmup: float = 0.05          # fraction of all optimizer steps
     patience: int = 10
     validation_fraction: float = 0.1
@@ -65,6 +70,8 @@ class TrainConfig:
             ("batch_size", self.batch_size >= 2, "at least 2 (UniFrac needs sample pairs)"),
             ("learning_rate", self.learning_rate > 0, "positive"),
             ("weight_decay", self.weight_decay >= 0, "non-negative"),
+            ("optimizer", self.optimizer in OPTIMIZERS, _one_of(OPTIMIZERS)),
+            ("scheduler", self.scheduler in SCHEDULERS, _one_of(SCHEDULERS)),
             ("warmup", 0 <= self.warmup < 1, "in [0, 1): a fraction of the run"),
             ("patience", self.patience >= 1, "at least 1"),
             ("validation_fraction", 0 <= self.validation_fraction < 1, "in [0, 1)"),
@@ -81,3 +88,7 @@ class TrainConfig:
 
     def to_dict(self):
         return asdict(self)
+
+
+def _one_of(choices):
+    return "one of " + ", ".join(repr(c) for c in choices)

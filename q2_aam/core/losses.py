@@ -39,6 +39,9 @@ class LossFunction:
 
     def __init__(self, task, nuc_penalty=1.0, unifrac_penalty=1.0, faith_pd_penalty=1.0,
                  target_penalty=1.0, zero_distance_weight=1.0, class_weights=None):
+        if not zero_distance_weight >= 0:
+            raise ValueError("zero_distance_weight must be non-negative (0 leaves zero-distance "
+                             f"pairs out of the UniFrac loss); got {zero_distance_weight!r}.")
         self.task = task
         self.penalties = {"unifrac_loss": unifrac_penalty, "nuc_loss": nuc_penalty,
                           "faith_pd_loss": faith_pd_penalty, "target_loss": target_penalty}

@@ -1,6 +1,6 @@
 """The training engine shared by every training action.
 
-AdamW, linear warmup then cosine decay (warmup is a fraction of the run),
+The optimizer and learning-rate schedule chosen in the TrainConfig (optim.py),
 gradient clipping and accumulation, early stopping that restores the single best
 weights, seeded shuffling and masking. Host syncs happen once per `log_every`
 steps and at epoch ends, never per step.
@@ -19,6 +19,7 @@ import torch
 
 from .config import TrainConfig
 from .data import batch_indices
+from .optim import make_optimizer, make_scheduler
 
 
 class NonFiniteLossError(RuntimeError):
@@ -49,31 +50,9 @@ def autocast(device):
     return contextlib.nullcontext()
 
 
-def make_optimizer(model, cfg: TrainConfig):
-    # Decay matrices only: biases and norm gains stay free.
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}],
-                             lr=cfg.learning_rate)
-
-
-def warmup_cosine(total_steps, warmup_fraction):
-    """LR multiplier per optimizer step: linear warmup, then cosine to zero."""
-    warmup_steps = int(round(warmup_fraction * total_steps))
-
-    def factor(step):
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    return factor
-
-
 def run_epoch_losses(model, data, indices, loss_fn, cfg, device, rng, optimizer=None,
-                     scheduler=None, progress=None, epoch=0):
-    """One pass over `indices`; trains when an optimizer is given.
+                     schedule=None, progress=None, epoch=0):
+    """One pass over `indices`; trains when an optimizer (and its schedule) is given.
 
     Returns the sample-weighted mean of every loss term as floats.
     """
@@ -95,7 +74,7 @@ def run_epoch_losses(model, data, indices, loss_fn, cfg, device, rng, optimizer=
             if (step + 1) % accum == 0 or step + 1 == len(batches):
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()
-                scheduler.step()
+                schedule.step_batch()       # the schedule counts optimizer steps
                 optimizer.zero_grad(set_to_none=True)
         for name, value in losses.items():
             sums[name] = sums.get(name, 0.0) + value.detach().float() * batch.size
@@ -135,12 +114,13 @@ def train(model, data, train_idx, val_idx, loss_fn, cfg: TrainConfig, evaluate=N
     optimizer = make_optimizer(model, cfg)
     steps_per_epoch = len(batch_indices(train_idx, cfg.batch_size))
     total_steps = cfg.epochs * math.ceil(steps_per_epoch / cfg.gradient_accumulation_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, cfg.warmup))
+    schedule = make_scheduler(optimizer, cfg, total_steps)
     has_validation = len(val_idx) >= 2
     monitor = "val/loss" if has_validation else "train/loss"
     log(f"Training on {device} ({len(train_idx)} training, {len(val_idx)} validation samples, "
-        f"{steps_per_epoch} steps per epoch, up to {cfg.epochs} epochs); "
-        f"early stopping on {monitor} with patience {cfg.patience}.")
+        f"{steps_per_epoch} steps per epoch, up to {cfg.epochs} epochs) with {cfg.optimizer} "
+        f"and the {cfg.scheduler} schedule; early stopping on {monitor} with patience "
+        f"{cfg.patience}.")
 
     from torch.utils.tensorboard import SummaryWriter
     from tqdm.auto import tqdm
@@ -158,7 +138,7 @@ def train(model, data, train_idx, val_idx, loss_fn, cfg: TrainConfig, evaluate=N
                 lr = optimizer.param_groups[0]["lr"]
                 row = {"epoch": epoch, "learning_rate": lr}
                 train_losses = run_epoch_losses(model, data, train_idx, loss_fn, cfg, device, rng,
-                                                optimizer, scheduler, progress, epoch)
+                                                optimizer, schedule, progress, epoch)
                 row.update({f"train/{k}": v for k, v in train_losses.items()})
                 detail = None
                 if has_validation:
@@ -177,6 +157,7 @@ def train(model, data, train_idx, val_idx, loss_fn, cfg: TrainConfig, evaluate=N
                         writer.add_scalar(key, value, epoch)
                 writer.add_scalar("learning_rate", lr, epoch)
                 log(_format_row(row))
+                schedule.step_epoch(row[monitor])
                 if row[monitor] < best:
                     best, best_epoch, best_detail, stale = row[monitor], epoch, detail, 0
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -1,0 +1,90 @@
+"""find-learning-rate: the learning-rate range test as a visualizer."""
+import os
+
+import biom
+import pandas as pd
+import qiime2
+import skbio
+
+from . import _figures
+from ._inputs import attach_distances, build_sample_set, log
+from ._supervised import _check_classes, _sample_set_with_targets
+from ._visualizers import _render
+
+# The action whose learning rate the test informs, and what its loss holds.
+ACTIONS = {"encoder": "pretrain", "regressor": "fit-regressor", "classifier": "fit-classifier"}
+
+
+def find_learning_rate(output_dir: str, table: biom.Table, sequences: pd.Series,
+                       distance_matrix: skbio.DistanceMatrix = None,
+                       metadata: qiime2.MetadataColumn = None, missing_samples: str = "error",
+                       embedding_dim: int = 128, attention_heads: int = 4,
+                       attention_layers: int = 4, max_bp: int = 150, asv_limit: int = 1024,
+                       batch_size: int = 32, optimizer: str = "adamw",
+                       weight_decay: float = 0.01, min_learning_rate: float = 1e-6,
+                       max_learning_rate: float = 1.0, steps: int = 200, device: str = "auto",
+                       random_seed: int = 0) -> None:
+    # torch loads only when an action runs: every `qiime` call imports every plugin.
+    from .core.config import ModelConfig, TrainConfig
+    from .core.lr_finder import lr_range_test, steps_skipped
+
+    if distance_matrix is None and metadata is None:
+        raise ValueError("Give a distance_matrix (the range test of pretrain's losses), a "
+                         "metadata column (of fit-regressor's or fit-classifier's), or both.")
+    if min_learning_rate >= max_learning_rate:
+        raise ValueError(f"min_learning_rate ({min_learning_rate}) must be smaller than "
+                         f"max_learning_rate ({max_learning_rate}).")
+    model_cfg = ModelConfig(embedding_dim=embedding_dim, attention_heads=attention_heads,
+                            attention_layers=attention_layers, max_bp=max_bp,
+                            asv_limit=asv_limit)
+    if metadata is None:
+        task, targets = "encoder", None
+        data = build_sample_set(table, sequences, max_bp, asv_limit, min_samples=2)
+        losses = "the UniFrac and masked-nucleotide losses of pretrain"
+    else:
+        task = "regressor" if isinstance(metadata, qiime2.NumericMetadataColumn) else "classifier"
+        data, targets = _sample_set_with_targets(table, sequences, metadata, missing_samples,
+                                                 max_bp, asv_limit)
+        if task == "classifier":
+            _check_classes(targets, validation_fraction=0.0)
+        losses = (f"the {'regression' if task == 'regressor' else 'classification'} loss of "
+                  f"'{metadata.name}'" + (", with the UniFrac loss" if distance_matrix is not None
+                                          else ""))
+    if distance_matrix is not None:
+        attach_distances(data, distance_matrix)
+    # Masking as the action's default: on for pretraining, off for the fits.
+    train_cfg = TrainConfig(batch_size=batch_size, optimizer=optimizer, weight_decay=weight_decay,
+                            nuc_mask_ratio=0.15 if task == "encoder" else 0.0, device=device,
+                            random_seed=random_seed)
+    log(f"Range test of {losses} on {len(data)} samples.")
+    result = lr_range_test(data, targets, task, model_cfg, train_cfg, min_learning_rate,
+                           max_learning_rate, steps, log=log)
+
+    curve = result.curve
+    curve.to_csv(os.path.join(output_dir, "range_test.tsv"), sep="\t", index=False)
+    _figures.learning_rate_sweep(output_dir, "range_test", curve,
+                                 result.suggested_learning_rate,
+                                 result.lowest_loss_learning_rate)
+    suggested = f"{result.suggested_learning_rate:.2g}"
+    _render("find_learning_rate", output_dir, task=task, action=ACTIONS[task], losses=losses,
+            optimizer=optimizer, suggested=suggested,
+            lowest=f"{result.lowest_loss_learning_rate:.2g}",
+            command=f"--p-optimizer {optimizer} --p-learning-rate {suggested}",
+            notes=list(_curve_notes(result, max_learning_rate, steps_skipped(steps))),
+            n_samples=len(data), batch_size=batch_size, steps_run=len(curve), steps=steps,
+            min_learning_rate=f"{min_learning_rate:g}", max_learning_rate=f"{max_learning_rate:g}",
+            diverged=result.diverged)
+
+
+def _curve_notes(result, max_learning_rate, skipped):
+    """Warnings for the curves whose lowest point says little."""
+    rates = result.curve["learning_rate"].to_numpy()
+    lowest = result.lowest_loss_learning_rate
+    if not result.diverged and lowest == rates[-1]:
+        yield (f"The loss was still falling at the largest rate tried "
+               f"({max_learning_rate:g}), so the suggestion may be too cautious: run the test "
+               "again with a larger max_learning_rate to see where the loss turns.")
+    if lowest == rates[min(skipped, len(rates) - 1)]:
+        yield ("The smoothed loss never fell below its value at the start of the sweep: the "
+               "suggestion rests on no real minimum. Try a smaller min_learning_rate or more "
+               "steps, or check that the inputs hold something the model can learn.")
