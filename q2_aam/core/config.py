@@ -1,5 +1,5 @@
 """Configuration dataclasses for the model and for a training run."""
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
 TASKS = ("encoder", "regressor", "classifier")
 # Defined here (no torch) so that the plugin can offer them as choices; built in optim.py.
@@ -62,7 +62,6 @@ class TrainConfig:
     random_seed: int = 0
     tensorboard_dir: str = ""
     log_every: int = 10           # steps between host syncs (progress bar, finiteness)
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         checks = [
