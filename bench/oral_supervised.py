@@ -61,9 +61,12 @@ def main():
     parser.add_argument("--from-scratch-epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--fit-learning-rate", type=float, default=None,
+                        help="learning rate of the fits (default: --learning-rate)")
+    parser.add_argument("--fit-patience", type=int, default=10)
     parser.add_argument("--encoder-dir", default="bench/out/oral-encoder")
     parser.add_argument("--out", default="bench/out/oral_supervised.json")
-    parser.add_argument("--skip", default="", help="comma list of: scratch,finetune")
+    parser.add_argument("--skip", default="", help="comma list of: rf,scratch,finetune")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
 
@@ -76,7 +79,8 @@ def main():
     age = metadata["age"]
     study = metadata["study"].astype(str)
     results = {"split": {"train": len(train_ids), "test": len(test_ids), "seed": args.seed},
-               "model": {"embedding_dim": args.embedding_dim, "layers": args.layers}}
+               "model": {"embedding_dim": args.embedding_dim, "layers": args.layers},
+               "arguments": vars(args)}
 
     # Baselines.
     test_age, test_study = age[test_ids].to_numpy(), study[test_ids].to_numpy()
@@ -86,6 +90,8 @@ def main():
     results["majority_baseline"] = {"accuracy": float(np.mean(test_study == majority))}
     train_x, test_x = relative_frequencies(table, train_ids), relative_frequencies(table, test_ids)
     for task, target in (("age", age), ("study", study)):
+        if "rf" in skip:
+            break
         start = time.perf_counter()
         pred = random_forest(train_x, target[train_ids].to_numpy(), test_x, task == "study",
                              args.seed)
@@ -136,9 +142,11 @@ def main():
         for task, target in (("age", age), ("study", study)):
             start = time.perf_counter()
             data = sample_set(train_ids, model_cfg)
+            fit_cfg = {**train_cfg, "learning_rate": args.fit_learning_rate or args.learning_rate,
+                       "patience": args.fit_patience}
             bundle = fit(data, target[data.sample_ids].to_numpy(),
                          "regressor" if task == "age" else "classifier", model_cfg,
-                         TrainConfig(epochs=epochs, nuc_mask_ratio=0.0, **train_cfg), **kwargs)
+                         TrainConfig(epochs=epochs, nuc_mask_ratio=0.0, **fit_cfg), **kwargs)
             pred, _ = predict(bundle, sample_set(test_ids, model_cfg))
             seconds = time.perf_counter() - start
             if task == "age":
