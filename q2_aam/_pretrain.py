@@ -9,7 +9,7 @@ from ._inputs import attach_alpha, attach_distances, build_sample_set, log
 def pretrain(table: biom.Table, sequences: pd.Series, distance_matrix: skbio.DistanceMatrix,
              faith_pd: pd.Series = None, embedding_dim: int = 128, attention_heads: int = 4,
              attention_layers: int = 4, max_bp: int = 150, asv_limit: int = 1024,
-             batch_size: int = 32, epochs: int = 100, learning_rate: float = 3e-4,
+             batch_size: int = 32, epochs: int = 100, learning_rate: float = 3e-3,
              weight_decay: float = 0.01, optimizer: str = "adamw",
              scheduler: str = "warmup_cosine", warmup: float = 0.05, patience: int = 10,
              validation_fraction: float = 0.1, max_grad_norm: float = 1.0,

@@ -45,7 +45,7 @@ class ModelConfig:
 class TrainConfig:
     epochs: int = 100
     batch_size: int = 32
-    learning_rate: float = 3e-4
+    learning_rate: float = 3e-3
     weight_decay: float = 0.01
     optimizer: str = "adamw"
     scheduler: str = "warmup_cosine"
