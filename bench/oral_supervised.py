@@ -64,9 +64,11 @@ def main():
     parser.add_argument("--fit-learning-rate", type=float, default=None,
                         help="learning rate of the fits (default: --learning-rate)")
     parser.add_argument("--fit-patience", type=int, default=10)
+    parser.add_argument("--fit-with-unifrac", action="store_true",
+                        help="keep the UniFrac loss as an auxiliary loss in the fits")
     parser.add_argument("--encoder-dir", default="bench/out/oral-encoder")
     parser.add_argument("--out", default="bench/out/oral_supervised.json")
-    parser.add_argument("--skip", default="", help="comma list of: rf,scratch,finetune")
+    parser.add_argument("--skip", default="", help="comma list of: rf,scratch,finetune,frozen")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
 
@@ -133,7 +135,9 @@ def main():
                                 "val_unifrac_pearson": float(best["val/unifrac_pearson"])})
     print("pretrain", results["pretrain"], flush=True)
 
-    variants = [("frozen", dict(encoder=encoder, freeze_encoder=True), args.fit_epochs)]
+    variants = []
+    if "frozen" not in skip:
+        variants.append(("frozen", dict(encoder=encoder, freeze_encoder=True), args.fit_epochs))
     if "finetune" not in skip:
         variants.append(("finetuned", dict(encoder=encoder), args.finetune_epochs))
     if "scratch" not in skip:
@@ -142,8 +146,11 @@ def main():
         for task, target in (("age", age), ("study", study)):
             start = time.perf_counter()
             data = sample_set(train_ids, model_cfg)
+            if args.fit_with_unifrac:
+                attach_distances(data, unifrac)
             fit_cfg = {**train_cfg, "learning_rate": args.fit_learning_rate or args.learning_rate,
-                       "patience": args.fit_patience}
+                       "patience": args.fit_patience,
+                       "unifrac_penalty": 1.0 if args.fit_with_unifrac else 0.0}
             bundle = fit(data, target[data.sample_ids].to_numpy(),
                          "regressor" if task == "age" else "classifier", model_cfg,
                          TrainConfig(epochs=epochs, nuc_mask_ratio=0.0, **fit_cfg), **kwargs)
