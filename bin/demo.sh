@@ -41,9 +41,19 @@ echo "== fit-classifier on the pretrained encoder, then predict held-out samples
   --i-probabilities "$OUT/site-probabilities.qza" \
   --m-truth-file "$OUT/metadata.tsv" --m-truth-column site --o-visualization "$OUT/site-confusion-matrix-q2sc.qzv"
 
+echo "== pipelines: split, fit on the training part, predict the test part, visualize"
+"$QIIME" aam regress-samples --i-table "$OUT/table.qza" --i-sequences "$OUT/sequences.qza" \
+  --m-metadata-file "$OUT/metadata.tsv" --m-metadata-column age \
+  --i-pretrained-encoder "$OUT/encoder.qza" --p-freeze-encoder --p-test-size 0.2 $RUN \
+  --output-dir "$OUT/regress-samples"
+"$QIIME" aam classify-samples --i-table "$OUT/table.qza" --i-sequences "$OUT/sequences.qza" \
+  --m-metadata-file "$OUT/metadata.tsv" --m-metadata-column site \
+  --i-pretrained-encoder "$OUT/encoder.qza" --p-freeze-encoder --p-test-size 0.2 $RUN \
+  --output-dir "$OUT/classify-samples"
+
 echo "== embed and predict-distances for the held-out samples"
 "$QIIME" aam embed --i-model "$OUT/encoder.qza" --i-table "$OUT/test-table.qza" \
   --i-sequences "$OUT/sequences.qza" --o-embeddings "$OUT/test-embeddings.qza"
 "$QIIME" aam predict-distances --i-encoder "$OUT/encoder.qza" --i-table "$OUT/test-table.qza" \
   --i-sequences "$OUT/sequences.qza" --o-distance-matrix "$OUT/test-predicted-unifrac.qza"
-echo "Demo outputs in $OUT/:"; ls "$OUT"
+echo "Demo outputs in $OUT/:"; ls -R "$OUT"
