@@ -86,3 +86,22 @@ def qiime():
 def python_exe():
     """The interpreter running the tests (the venv's), for subprocess checks."""
     return sys.executable
+
+
+@pytest.fixture(scope="session")
+def aam():
+    """`qiime2.plugins.aam`, loaded with the venv's own plugin cache."""
+    os.environ.setdefault("XDG_CONFIG_HOME", os.path.join(REPO, ".venv", "qiime-config"))
+    from qiime2.plugins import aam
+    return aam
+
+
+@pytest.fixture(scope="session")
+def browser(tmp_path_factory):
+    """One headless Chromium (tests/browser.py) shared by the browser tests."""
+    sys.path.insert(0, os.path.dirname(__file__))
+    from browser import CHROMIUM, Browser, chromium_available
+    if not chromium_available():
+        pytest.fail(f"Chromium is not installed at {CHROMIUM}: run `make setup`.")
+    with Browser(tmp_path_factory.mktemp("chromium")) as shared:
+        yield shared

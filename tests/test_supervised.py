@@ -34,13 +34,6 @@ TINY = dict(embedding_dim=16, attention_heads=2, attention_layers=1, epochs=2, b
             validation_fraction=0.25, device="cpu", random_seed=0)
 
 
-@pytest.fixture(scope="module")
-def aam():
-    os.environ.setdefault("XDG_CONFIG_HOME", os.path.join(VENV, "qiime-config"))
-    from qiime2.plugins import aam
-    return aam
-
-
 def table_artifact(table):
     return qiime2.Artifact.import_data("FeatureTable[Frequency]", table)
 

@@ -5,7 +5,6 @@ and the learning-rate range test works in the core and as the find-learning-rate
 visualizer (its page opened in headless Chromium)."""
 import math
 import os
-import sys
 
 import numpy as np
 import pandas as pd
@@ -22,10 +21,7 @@ from q2_aam.core.model import AAMModel
 from q2_aam.core.optim import Lion, make_optimizer, make_scheduler
 from q2_aam.core.train import run_epoch_losses, train
 
-sys.path.insert(0, os.path.dirname(__file__))
-from browser import CHROMIUM, Browser, chromium_available  # noqa: E402
 
-VENV = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".venv")
 CPU = torch.device("cpu")
 TINY = dict(embedding_dim=16, attention_heads=2, attention_layers=1)
 # 32 samples in batches of 8: 4 optimizer steps per epoch, 32 in the run.
@@ -41,13 +37,6 @@ TRAINING_ACTIONS = ("pretrain", "fit_regressor", "fit_classifier", "regress_samp
 
 def quiet(message):
     pass
-
-
-@pytest.fixture(scope="module")
-def aam():
-    os.environ.setdefault("XDG_CONFIG_HOME", os.path.join(VENV, "qiime-config"))
-    from qiime2.plugins import aam
-    return aam
 
 
 @pytest.fixture(scope="module")
@@ -388,14 +377,6 @@ def test_range_test_of_a_classifier_uses_the_target_loss(data, sim):
 
 
 # --- find-learning-rate ---------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    if not chromium_available():
-        pytest.fail(f"Chromium is not installed at {CHROMIUM}: run `make setup`.")
-    with Browser(tmp_path_factory.mktemp("chromium")) as browser:
-        yield browser
 
 
 @pytest.fixture(scope="module")

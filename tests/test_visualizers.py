@@ -4,7 +4,6 @@ import io
 import math
 import os
 import subprocess
-import sys
 import zipfile
 
 import numpy as np
@@ -16,28 +15,11 @@ from q2_aam import _metrics
 from q2_aam.core.bundle import ModelBundle
 from q2_aam.core.config import ModelConfig
 
-sys.path.insert(0, os.path.dirname(__file__))
-from browser import CHROMIUM, Browser, chromium_available  # noqa: E402
 
 VENV = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".venv")
 QIIME = os.path.join(VENV, "bin", "qiime")
 EVIL_ID = "<script>alert(1)</script>"
 EVIL_LABEL = "<b>bold</b> & $x"
-
-
-@pytest.fixture(scope="module")
-def aam():
-    os.environ.setdefault("XDG_CONFIG_HOME", os.path.join(VENV, "qiime-config"))
-    from qiime2.plugins import aam
-    return aam
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    if not chromium_available():
-        pytest.fail(f"Chromium is not installed at {CHROMIUM}: run `make setup`.")
-    with Browser(tmp_path_factory.mktemp("chromium")) as browser:
-        yield browser
 
 
 def metadata(**columns):
