@@ -80,15 +80,20 @@ class ModelBundle:
         validation_path = os.path.join(directory, VALIDATION)
         validation = (pd.read_csv(validation_path, sep="\t", dtype={"sample_id": str})
                       if os.path.exists(validation_path) else None)
-        events = {}
-        events_root = os.path.join(directory, EVENTS_DIR)
-        for root, _, names in os.walk(events_root):
-            for name in names:
-                path = os.path.join(root, name)
-                with open(path, "rb") as fh:
-                    events[os.path.relpath(path, events_root)] = fh.read()
+        events = read_files(os.path.join(directory, EVENTS_DIR))
         return cls(ModelConfig.from_dict(config["model"]), state_dict, history,
                    config.get("info", {}), validation, events)
+
+
+def read_files(directory):
+    """Every file below `directory` as {relative path: bytes} ({} if it is absent)."""
+    files = {}
+    for root, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "rb") as fh:
+                files[os.path.relpath(path, directory)] = fh.read()
+    return files
 
 
 def read_config(path):
@@ -129,4 +134,4 @@ def _package_version():
         return "unknown"
 
 
-__all__ = ["ModelBundle", "read_config", "check_weights"]
+__all__ = ["ModelBundle", "read_config", "check_weights", "read_files"]

@@ -29,15 +29,18 @@ def classification_metrics(true, predicted, n_classes):
     return {"accuracy": float(np.mean(true == predicted)), "macro_f1": float(np.mean(f1s))}
 
 
-def decode(bundle, outputs):
-    """Model outputs -> (predictions in original units or labels, probabilities or None)."""
+def decode(task, info, outputs):
+    """Model outputs -> (predictions in original units or labels, probabilities or None).
+
+    `info` is the model's task information (target scaling or class labels).
+    """
     raw = outputs["target"]
-    if bundle.task == "regressor":
-        scale = bundle.info["target_scaling"]
+    if task == "regressor":
+        scale = info["target_scaling"]
         return raw[:, 0] * scale["std"] + scale["mean"], None
     logits = torch.from_numpy(raw)
     probabilities = torch.softmax(logits, dim=-1).numpy()
-    labels = np.array(bundle.info["classes"], dtype=object)
+    labels = np.array(info["classes"], dtype=object)
     return labels[probabilities.argmax(1)], probabilities
 
 
@@ -46,8 +49,7 @@ def evaluate_targets(bundle_info, task, batch_size):
     def evaluate(model, data, indices, device):
         out = predict_outputs(model, data, indices, batch_size, device)
         ids = np.array(data.sample_ids)[indices]
-        shell = ModelBundle(model.cfg, {}, None, bundle_info)
-        predicted, probabilities = decode(shell, out)
+        predicted, probabilities = decode(task, bundle_info, out)
         if task == "regressor":
             scale = bundle_info["target_scaling"]
             true = data.targets[indices] * scale["std"] + scale["mean"]
@@ -140,17 +142,19 @@ def embed_all_asvs(model, data, device, chunk=512):
     return torch.cat(parts)
 
 
-def predict(bundle, data, batch_size=64, device="auto"):
-    """Predictions (and class probabilities) for every sample of `data`."""
+def _outputs(bundle, data, batch_size, device):
+    """The bundle's model run (unmasked) over every sample of `data`."""
     device = resolve_device(device)
     model = bundle.build_model().to(device)
-    out = predict_outputs(model, data, np.arange(len(data)), batch_size, device)
-    return decode(bundle, out)
+    return predict_outputs(model, data, np.arange(len(data)), batch_size, device)
+
+
+def predict(bundle, data, batch_size=64, device="auto"):
+    """Predictions (and class probabilities) for every sample of `data`."""
+    return decode(bundle.task, bundle.info, _outputs(bundle, data, batch_size, device))
 
 
 def embed(bundle, data, batch_size=64, device="auto"):
     """Sample embeddings and distance embeddings for every sample of `data`."""
-    device = resolve_device(device)
-    model = bundle.build_model().to(device)
-    out = predict_outputs(model, data, np.arange(len(data)), batch_size, device)
+    out = _outputs(bundle, data, batch_size, device)
     return out["sample_embeddings"], out["distance_embeddings"]

@@ -7,7 +7,6 @@ steps and at epoch ends, never per step.
 """
 import contextlib
 import math
-import os
 import sys
 import tempfile
 import time
@@ -17,6 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .bundle import read_files
 from .config import TrainConfig
 from .data import batch_indices
 from .optim import make_optimizer, make_scheduler
@@ -172,7 +172,7 @@ def train(model, data, train_idx, val_idx, loss_fn, cfg: TrainConfig, evaluate=N
             writer.close()
         model.load_state_dict(best_state)
         log(f"Best epoch: {best_epoch} ({monitor} = {best:.4f}); its weights are kept.")
-        event_files = _read_tree(log_dir)
+        event_files = read_files(log_dir)
     return TrainResult(pd.DataFrame(rows), best_epoch, best_detail, event_files)
 
 
@@ -180,16 +180,6 @@ def _format_row(row):
     parts = [f"epoch {row['epoch']}"]
     parts += [f"{k}={v:.4f}" for k, v in row.items() if "/" in k]
     return "  ".join(parts) + f"  ({row['seconds']:.1f}s)"
-
-
-def _read_tree(directory):
-    files = {}
-    for root, _, names in os.walk(directory):
-        for name in names:
-            path = os.path.join(root, name)
-            with open(path, "rb") as fh:
-                files[os.path.relpath(path, directory)] = fh.read()
-    return files
 
 
 @torch.no_grad()
