@@ -46,7 +46,9 @@ def relative_frequencies(table, sample_ids):
 def regression_report(true, predicted, studies):
     varying = np.array([s not in LOOKUP_STUDIES for s in studies])
     report = regression_metrics(true, predicted)
-    report["mae_six_varying_studies"] = float(np.abs(predicted - true)[varying].mean())
+    error = np.abs(predicted - true)
+    report["mae_six_varying_studies"] = float(error[varying].mean())
+    report["mae_by_study"] = {s: float(error[studies == s].mean()) for s in sorted(set(studies))}
     return report
 
 
@@ -64,6 +66,8 @@ def main():
     parser.add_argument("--fit-learning-rate", type=float, default=None,
                         help="learning rate of the fits (default: --learning-rate)")
     parser.add_argument("--fit-patience", type=int, default=10)
+    parser.add_argument("--regression-loss", default="auto", choices=["auto", "l1", "huber", "mse"],
+                        help="'auto' as in the plugin: l1 with a pretrained encoder, else mse")
     parser.add_argument("--fit-with-unifrac", action="store_true",
                         help="keep the UniFrac loss as an auxiliary loss in the fits")
     parser.add_argument("--encoder-dir", default="bench/out/oral-encoder")
@@ -149,7 +153,9 @@ def main():
             if args.fit_with_unifrac:
                 attach_distances(data, unifrac)
             fit_cfg = {**train_cfg, "learning_rate": args.fit_learning_rate or args.learning_rate,
-                       "patience": args.fit_patience,
+                       "patience": args.fit_patience, "regression_loss": (
+                           ("l1" if "encoder" in kwargs else "mse")
+                           if args.regression_loss == "auto" else args.regression_loss),
                        "unifrac_penalty": 1.0 if args.fit_with_unifrac else 0.0}
             bundle = fit(data, target[data.sample_ids].to_numpy(),
                          "regressor" if task == "age" else "classifier", model_cfg,

@@ -39,9 +39,9 @@ def _split(ctx, table, metadata, test_size, random_seed, missing_samples, strati
 # signature, and each parameter passes through to the fit unchanged.
 def regress_samples(ctx, table, sequences, metadata, pretrained_encoder=None,
                     distance_matrix=None, test_size=0.2, freeze_encoder=False,
-                    missing_samples="error", embedding_dim=128, attention_heads=4,
-                    attention_layers=4, max_bp=150, asv_limit=1024, batch_size=32, epochs=100,
-                    learning_rate=3e-4, weight_decay=0.01, optimizer="adamw",
+                    missing_samples="error", regression_loss="auto", embedding_dim=128,
+                    attention_heads=4, attention_layers=4, max_bp=150, asv_limit=1024,
+                    batch_size=32, epochs=100, learning_rate=3e-4, weight_decay=0.01, optimizer="adamw",
                     scheduler="warmup_cosine", warmup=0.05, patience=10,
                     validation_fraction=0.1, max_grad_norm=1.0, gradient_accumulation_steps=1,
                     nuc_mask_ratio=0.0, nuc_penalty=1.0, unifrac_penalty=1.0,

@@ -52,6 +52,11 @@ def _fit(task, table, sequences, metadata, pretrained_encoder, distance_matrix, 
     arch_names = ("embedding_dim", "attention_heads", "attention_layers", "max_bp", "asv_limit")
     arch = {k: params.pop(k) for k in arch_names}
     zero_distance_weight = params.pop("zero_distance_weight")
+    if params.get("regression_loss") == "auto":
+        # Measured: with a pretrained encoder 'l1' gave a clearly lower held-out
+        # MAE than 'mse' on real data; from scratch, 'l1' sat at the median for
+        # tens of epochs (early stopping then kept the constant) where 'mse' learned.
+        params["regression_loss"] = "l1" if pretrained_encoder is not None else "mse"
     if pretrained_encoder is not None:
         log("Using the pretrained encoder's architecture; architecture parameters are ignored.")
         arch = {k: getattr(pretrained_encoder.model_config, k) for k in arch_names}
@@ -90,9 +95,10 @@ def _check_classes(labels, validation_fraction):
 def fit_regressor(table: biom.Table, sequences: pd.Series, metadata: qiime2.NumericMetadataColumn,
                   pretrained_encoder: ModelBundle = None,
                   distance_matrix: skbio.DistanceMatrix = None, freeze_encoder: bool = False,
-                  missing_samples: str = "error", embedding_dim: int = 128,
-                  attention_heads: int = 4, attention_layers: int = 4, max_bp: int = 150,
-                  asv_limit: int = 1024, batch_size: int = 32, epochs: int = 100,
+                  missing_samples: str = "error", regression_loss: str = "auto",
+                  embedding_dim: int = 128, attention_heads: int = 4,
+                  attention_layers: int = 4, max_bp: int = 150, asv_limit: int = 1024,
+                  batch_size: int = 32, epochs: int = 100,
                   learning_rate: float = 3e-4, weight_decay: float = 0.01,
                   optimizer: str = "adamw", scheduler: str = "warmup_cosine",
                   warmup: float = 0.05, patience: int = 10, validation_fraction: float = 0.1,

@@ -546,6 +546,38 @@ def test_bundle_round_trip_and_history(tmp_path, data, bundle):
     assert not np.allclose(fresh["sample_embeddings"], before["sample_embeddings"])
 
 
+def test_regression_losses_by_hand():
+    pred, target = torch.tensor([[0.0], [2.0], [-3.0]]), torch.tensor([1.0, 2.0, 0.0])
+    assert float(losses.regression_loss(pred, target, "mse")) == pytest.approx(10 / 3)
+    assert float(losses.regression_loss(pred, target, "l1")) == pytest.approx(4 / 3)
+    # Huber (delta 1): 0.5 e^2 within one unit, |e| - 0.5 beyond.
+    assert float(losses.regression_loss(pred, target, "huber")) == pytest.approx(3 / 3)
+    with pytest.raises(ValueError, match="regression_loss must be one of 'mse', 'huber', 'l1'"):
+        TrainConfig(regression_loss="mae")
+
+
+def test_asv_whitening_by_hand(bundle, data):
+    from q2_aam.core.supervised import embed_all_asvs, whiten_asv_embeddings
+    model = bundle.build_model()
+    d = model.cfg.embedding_dim
+    raw = embed_all_asvs(model, data, CPU).double().numpy()
+    ridge = 1e-3
+    whiten_asv_embeddings(model, data, CPU, ridge=ridge)
+    white = embed_all_asvs(model, data, CPU).double().numpy()
+    # Centred on the training ASVs, and each principal axis of variance v scaled
+    # to variance v / (v + ridge * total).
+    np.testing.assert_allclose(white.mean(0), 0, atol=1e-4)
+    variance, axes = np.linalg.eigh(np.cov(raw.T, bias=True))
+    variance = variance.clip(0)
+    expected = axes @ np.diag(variance / (variance + ridge * variance.sum())) @ axes.T
+    np.testing.assert_allclose(np.cov(white.T, bias=True), expected, atol=2e-3)
+    assert expected.trace() > 0.5 * d            # most axes really reach unit variance
+    # Whitening again from a whitened model starts from the raw embeddings.
+    whiten_asv_embeddings(model, data, CPU, ridge=ridge)
+    np.testing.assert_allclose(embed_all_asvs(model, data, CPU).double().numpy(), white,
+                               atol=1e-4)
+
+
 def test_config_validation_messages():
     with pytest.raises(ValueError, match="divisible by attention_heads"):
         ModelConfig(embedding_dim=10, attention_heads=3)

@@ -243,6 +243,25 @@ def test_frozen_encoder_keeps_the_encoder_weights(aam, small, tiny_encoder):
     assert len(series(predicted)) == len(small.ids)
 
 
+def test_pretrained_fits_set_asv_whitening_and_l1_loss(aam, small, tiny_encoder, regressor):
+    """A fit on a pretrained encoder stores its ASV whitening in the artifact; an
+    encoder and a from-scratch fit keep the identity. 'auto' loss picks by the same rule."""
+    d = bundle(tiny_encoder).model_config.embedding_dim
+    for untouched in (bundle(tiny_encoder), bundle(regressor)):
+        width = untouched.model_config.embedding_dim
+        assert np.array_equal(untouched.state_dict["asv_whitening"].numpy(), np.eye(width))
+        assert not untouched.state_dict["asv_center"].numpy().any()
+    model, = aam.methods.fit_regressor(
+        table=small.table, sequences=small.sequences, metadata=small.metadata.get_column("age"),
+        pretrained_encoder=tiny_encoder, freeze_encoder=True, **TINY)
+    # regression_loss 'auto': l1 on a pretrained encoder, mse from scratch.
+    assert bundle(model).info["training"]["regression_loss"] == "l1"
+    assert bundle(regressor).info["training"]["regression_loss"] == "mse"
+    whitening = bundle(model).state_dict["asv_whitening"].numpy()
+    assert whitening.shape == (d, d) and not np.allclose(whitening, np.eye(d))
+    np.testing.assert_allclose(whitening, whitening.T, atol=1e-5)     # symmetric (ZCA)
+
+
 def test_fine_tuned_encoder_changes_the_encoder_weights(aam, small, tiny_encoder):
     model, = aam.methods.fit_classifier(
         table=small.table, sequences=small.sequences,

@@ -4,6 +4,7 @@ from dataclasses import asdict, dataclass, fields
 TASKS = ("encoder", "regressor", "classifier")
 # Defined here (no torch) so that the plugin can offer them as choices; built in optim.py.
 OPTIMIZERS = ("adamw", "adam", "sgd", "lion")
+REGRESSION_LOSSES = ("mse", "huber", "l1")
 SCHEDULERS = ("warmup_cosine", "cosine", "plateau", "onecycle", "constant")
 
 
@@ -55,6 +56,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     gradient_accumulation_steps: int = 1
     nuc_mask_ratio: float = 0.15
+    regression_loss: str = "mse"
     nuc_penalty: float = 1.0
     unifrac_penalty: float = 1.0
     faith_pd_penalty: float = 1.0
@@ -77,6 +79,8 @@ class TrainConfig:
             ("max_grad_norm", self.max_grad_norm > 0, "positive"),
             ("gradient_accumulation_steps", self.gradient_accumulation_steps >= 1, "at least 1"),
             ("nuc_mask_ratio", 0 <= self.nuc_mask_ratio < 1, "in [0, 1)"),
+            ("regression_loss", self.regression_loss in REGRESSION_LOSSES,
+             _one_of(REGRESSION_LOSSES)),
             ("nuc_penalty", self.nuc_penalty >= 0, "non-negative"),
             ("unifrac_penalty", self.unifrac_penalty >= 0, "non-negative"),
             ("device", self.device in ("auto", "cpu", "cuda"), "'auto', 'cpu' or 'cuda'"),

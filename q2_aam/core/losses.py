@@ -26,8 +26,15 @@ def nuc_loss(nuc_logits, nuc_targets):
     return F.cross_entropy(nuc_logits.float(), nuc_targets)
 
 
-def regression_loss(pred, target):
-    return F.mse_loss(pred.float().squeeze(-1), target)
+def regression_loss(pred, target, kind="mse"):
+    """On standardized targets: 'mse', 'huber' (quadratic within one standard
+    deviation, linear beyond) or 'l1' (fits the conditional median)."""
+    pred = pred.float().squeeze(-1)
+    if kind == "l1":
+        return F.l1_loss(pred, target)
+    if kind == "huber":
+        return F.huber_loss(pred, target, delta=1.0)
+    return F.mse_loss(pred, target)
 
 
 def classification_loss(logits, target, class_weights=None):
@@ -38,7 +45,8 @@ class LossFunction:
     """Combines the loss terms a task uses, weighted by their penalties."""
 
     def __init__(self, task, nuc_penalty=1.0, unifrac_penalty=1.0, faith_pd_penalty=1.0,
-                 target_penalty=1.0, zero_distance_weight=1.0, class_weights=None):
+                 target_penalty=1.0, zero_distance_weight=1.0, class_weights=None,
+                 regression_loss="mse"):
         if not zero_distance_weight >= 0:
             raise ValueError("zero_distance_weight must be non-negative (0 leaves zero-distance "
                              f"pairs out of the UniFrac loss); got {zero_distance_weight!r}.")
@@ -47,6 +55,7 @@ class LossFunction:
                           "faith_pd_loss": faith_pd_penalty, "target_loss": target_penalty}
         self.zero_distance_weight = zero_distance_weight
         self.class_weights = class_weights
+        self.regression_loss = regression_loss
 
     def __call__(self, out, batch):
         losses = {}
@@ -59,7 +68,8 @@ class LossFunction:
             losses["faith_pd_loss"] = F.mse_loss(out["faith_pd"].float(), batch.faith_pd)
         if "target" in out and batch.targets is not None:
             if self.task == "regressor":
-                losses["target_loss"] = regression_loss(out["target"], batch.targets)
+                losses["target_loss"] = regression_loss(out["target"], batch.targets,
+                                                          self.regression_loss)
             else:
                 weights = (None if self.class_weights is None
                            else self.class_weights.to(out["target"].device))

@@ -124,11 +124,18 @@ class AAMModel(nn.Module):
         self.faith_pd_head = nn.Linear(d, 1) if cfg.faith_pd else None
         self.target_head = (nn.Sequential(nn.LayerNorm(d), nn.Linear(d, cfg.n_outputs))
                             if cfg.task != "encoder" else None)
+        # A fixed affine map of ASV embeddings, identity unless a fit on a
+        # pretrained encoder sets it (supervised.whiten_asv_embeddings).
+        self.register_buffer("asv_center", torch.zeros(d))
+        self.register_buffer("asv_whitening", torch.eye(d))
         self.apply(_init_weights)
 
     def encode_asvs(self, tokens):
         """[U, T] tokens -> ([U, D] ASV embeddings, [U, T, D] token states)."""
-        return self.asv_encoder(tokens)
+        embeddings, states = self.asv_encoder(tokens)
+        embeddings = (embeddings - self.asv_center.to(embeddings.dtype)) @ \
+            self.asv_whitening.to(embeddings.dtype)
+        return embeddings, states
 
     def encode_samples(self, asv_embeddings, asv_index, log_abundance, mask):
         """Scatter the distinct-ASV embeddings back into their samples, then pool.

@@ -102,7 +102,9 @@ def fit(data, targets, task, model_cfg: ModelConfig, train_cfg: TrainConfig, enc
 
     if encoder is not None:
         model_cfg = ModelConfig.from_dict({**encoder.model_config.to_dict(), "task": task,
-                                           "n_outputs": n_outputs, "faith_pd": False})
+                                           "n_outputs": n_outputs, "faith_pd": False,
+                                           # dropout regularizes this fit; not architecture
+                                           "dropout": model_cfg.dropout})
     else:
         model_cfg = ModelConfig.from_dict({**model_cfg.to_dict(), "task": task,
                                            "n_outputs": n_outputs})
@@ -112,21 +114,51 @@ def fit(data, targets, task, model_cfg: ModelConfig, train_cfg: TrainConfig, enc
         shared = {k: v for k, v in encoder.state_dict.items()
                   if not k.startswith(("target_head", "faith_pd_head"))}
         model.load_state_dict(shared, strict=False)
+    if freeze_encoder and encoder is None:
+        raise ValueError("freeze_encoder needs a pretrained_encoder: a randomly initialized "
+                         "encoder would stay random.")
+    device = resolve_device(train_cfg.device)
+    if encoder is not None:
+        whiten_asv_embeddings(model, data, device)
     if freeze_encoder:
-        if encoder is None:
-            raise ValueError("freeze_encoder needs a pretrained_encoder: a randomly initialized "
-                             "encoder would stay random.")
         model.asv_encoder.requires_grad_(False)
-        data.asv_embedding_table = embed_all_asvs(model, data, resolve_device(train_cfg.device))
+        data.asv_embedding_table = embed_all_asvs(model, data, device)
     loss_fn = LossFunction(task, nuc_penalty=train_cfg.nuc_penalty,
                            unifrac_penalty=train_cfg.unifrac_penalty,
-                           zero_distance_weight=zero_distance_weight, class_weights=weights)
+                           zero_distance_weight=zero_distance_weight, class_weights=weights,
+                           regression_loss=train_cfg.regression_loss)
     result = train(model, data, train_idx, val_idx, loss_fn, train_cfg,
                    evaluate_targets(info, task, train_cfg.batch_size), log)
     info["best_epoch"] = result.best_epoch
     data.asv_embedding_table = None
     return ModelBundle(model_cfg, {k: v.cpu() for k, v in model.state_dict().items()},
                        result.history, info, result.best_validation, result.event_files)
+
+
+@torch.no_grad()
+def whiten_asv_embeddings(model, data, device, ridge=1e-3):
+    """Set the model's fixed ASV whitening from the pretrained embeddings of the
+    training ASVs: centred, rotated to principal axes and scaled to unit variance.
+
+    Why: a UniFrac-pretrained encoder places ASVs along few directions (on
+    oral-dev three principal components carry 90% of the variance), so what
+    tells related ASVs apart is tiny next to the phylogenetic axes and a fit
+    learns it slowly. `ridge` (a fraction of the total variance added to each
+    axis) keeps near-empty directions from being blown up into noise.
+    """
+    d = model.asv_whitening.shape[0]
+    model.asv_center.zero_()
+    model.asv_whitening.copy_(torch.eye(d))
+    embeddings = embed_all_asvs(model, data, device).double()
+    center = embeddings.mean(0)
+    centred = embeddings - center
+    variance, axes = torch.linalg.eigh(centred.T @ centred / len(embeddings))
+    variance = variance.clamp_min(0)
+    if variance.sum() == 0:       # a single ASV: nothing to whiten
+        return
+    scale = (variance + ridge * variance.sum()).rsqrt()
+    model.asv_center.copy_(center.float())
+    model.asv_whitening.copy_((axes @ torch.diag(scale) @ axes.T).float())
 
 
 @torch.no_grad()
