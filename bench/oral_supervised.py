@@ -66,6 +66,8 @@ def main():
     parser.add_argument("--fit-learning-rate", type=float, default=None,
                         help="learning rate of the fits (default: --learning-rate)")
     parser.add_argument("--fit-patience", type=int, default=10)
+    parser.add_argument("--nuc-penalty", type=float, default=1.0,
+                        help="weight of the masked-nucleotide loss in pretraining")
     parser.add_argument("--regression-loss", default="auto", choices=["auto", "l1", "huber", "mse"],
                         help="'auto' as in the plugin: l1 with a pretrained encoder, else mse")
     parser.add_argument("--fit-with-unifrac", action="store_true",
@@ -129,7 +131,8 @@ def main():
         attach_distances(data, unifrac)
         start = time.perf_counter()
         encoder = pretrain(data, model_cfg, TrainConfig(epochs=args.pretrain_epochs,
-                                                        patience=args.pretrain_epochs, **train_cfg))
+                                                        patience=args.pretrain_epochs,
+                                                        nuc_penalty=args.nuc_penalty, **train_cfg))
         results["pretrain"] = {"seconds": time.perf_counter() - start}
         encoder.save(args.encoder_dir)
     best = encoder.history.loc[encoder.history["epoch"] == encoder.info["best_epoch"]].iloc[0]

@@ -166,7 +166,9 @@ FIT_INPUT_DESCRIPTIONS = {
     "table": "Feature table of the training samples.",
     "sequences": "The DNA sequence of every feature in the table.",
     "pretrained_encoder": "Optional encoder from `pretrain` to start from; its architecture "
-                          "replaces the architecture parameters.",
+                          "replaces the architecture parameters. Its ASV embeddings are "
+                          "whitened with statistics of the training ASVs (stored in the "
+                          "model), which made fits on real data markedly better.",
     "distance_matrix": "Optional UniFrac distances between the samples; when given, the "
                        "UniFrac loss is kept as an auxiliary loss (weight unifrac_penalty).",
 }

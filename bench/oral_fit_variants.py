@@ -1,0 +1,123 @@
+"""Fit variants on oral-dev's seeded 80/20 split (the split of oral_supervised.py)
+and score each on the held-out 20%: a quick way to compare fit settings.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/oral_fit_variants.py --task age \
+        --variants '[{"name": "l1", "regression_loss": "l1"}, {"name": "mse", "regression_loss": "mse"}]'
+
+Each variant is a dict of TrainConfig fields plus: name (required), freeze
+(default true: frozen encoder), unifrac (keep the UniFrac loss as auxiliary),
+class_weights (classifier), whiten (default true; false is an ablation that
+leaves the ASV whitening at identity). Every fit starts from the pretrained
+encoder in --encoder-dir (oral_supervised.py writes it). Test predictions of
+each variant go to <out without .json>/<task>_<name>.tsv, so variants can be
+compared per sample or averaged.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, os.path.dirname(__file__))
+import oral  # noqa: E402
+from oral_supervised import regression_report  # noqa: E402
+
+from q2_aam._inputs import attach_distances, build_sample_set  # noqa: E402
+from q2_aam.core.bundle import ModelBundle  # noqa: E402
+from q2_aam.core.config import TrainConfig  # noqa: E402
+from q2_aam.core.data import split_indices  # noqa: E402
+from q2_aam.core import supervised  # noqa: E402
+from q2_aam.core.supervised import classification_metrics, fit, predict  # noqa: E402
+
+DEFAULTS = dict(epochs=100, batch_size=32, learning_rate=3e-4, validation_fraction=0.1,
+                random_seed=0, patience=20, nuc_mask_ratio=0.0,
+                regression_loss="l1")   # the plugin's choice for a pretrained encoder
+
+
+WHITEN = supervised.whiten_asv_embeddings
+
+
+def _identity_whitening(model, data, device):
+    """Ablation: leave the model's ASV whitening at identity."""
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", choices=["age", "study"], required=True)
+    parser.add_argument("--variants", required=True, help="JSON list of dicts (see above)")
+    parser.add_argument("--encoder-dir", default="bench/out/oral-encoder")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the 80/20 split")
+    parser.add_argument("--out", default="bench/out/oral_fit_variants.json")
+    args = parser.parse_args()
+
+    table, metadata = oral.load_table(), oral.load_metadata()
+    sequences = oral.load_sequences()
+    ids = [s for s in table.ids(axis="sample") if s in metadata.index]
+    train_idx, test_idx = split_indices(len(ids), 0.2, np.random.default_rng(args.seed))
+    encoder = ModelBundle.load(args.encoder_dir)
+    cfg = encoder.model_config
+
+    def sample_set(sample_ids):
+        return build_sample_set(table.filter(sample_ids, axis="sample", inplace=False),
+                                sequences, cfg.max_bp, cfg.asv_limit)
+
+    train_data = sample_set([ids[i] for i in train_idx])
+    test_data = sample_set([ids[i] for i in test_idx])
+    study = metadata["study"].astype(str)
+    target = metadata["age"] if args.task == "age" else study
+    test_study = study[test_data.sample_ids].to_numpy()
+    unifrac = None
+    predictions_dir = os.path.splitext(args.out)[0]
+    os.makedirs(predictions_dir, exist_ok=True)
+    results = []
+    for variant in json.loads(args.variants):
+        variant = dict(variant)
+        name = variant.pop("name")
+        freeze = variant.pop("freeze", True)
+        class_weights = variant.pop("class_weights", "none")
+        whiten = variant.pop("whiten", True)
+        train_data.distances = None
+        if variant.pop("unifrac", False):
+            unifrac = oral.load_unifrac() if unifrac is None else unifrac
+            attach_distances(train_data, unifrac)
+        train_cfg = TrainConfig(**{**DEFAULTS, **variant,
+                                   "unifrac_penalty": 1.0 if train_data.distances is not None
+                                   else 0.0})
+        start = time.perf_counter()
+        extra = {} if args.task == "age" else {"class_weights": class_weights}
+        supervised.whiten_asv_embeddings = WHITEN if whiten else _identity_whitening
+        bundle = fit(train_data, target[train_data.sample_ids].to_numpy(),
+                     "regressor" if args.task == "age" else "classifier", cfg, train_cfg,
+                     encoder=encoder, freeze_encoder=freeze, log=lambda message: None, **extra)
+        predicted, _ = predict(bundle, test_data)
+        seconds = time.perf_counter() - start
+        truth = target[test_data.sample_ids].to_numpy()
+        if args.task == "age":
+            report = regression_report(truth, predicted.astype(float), test_study)
+        else:
+            codes = {c: i for i, c in enumerate(sorted(set(study)))}
+            report = classification_metrics(np.array([codes[c] for c in truth]),
+                                            np.array([codes[c] for c in predicted]), len(codes))
+        history = bundle.history
+        best = history.loc[history["epoch"] == bundle.info["best_epoch"]].iloc[0]
+        report.update(name=name, variant=variant, freeze=freeze, whiten=whiten,
+                      seconds=round(seconds, 1),
+                      best_epoch=int(bundle.info["best_epoch"]),
+                      epochs_run=int(history["epoch"].max()),
+                      train_target_loss=float(best["train/target_loss"]),
+                      val_target_loss=float(best["val/target_loss"]))
+        pd.DataFrame({"true": truth, "predicted": predicted, "study": test_study},
+                     index=pd.Index(test_data.sample_ids, name="sample_id")).to_csv(
+            os.path.join(predictions_dir, f"{args.task}_{name}.tsv"), sep="\t")
+        print(json.dumps({k: v for k, v in report.items() if k != "mae_by_study"}), flush=True)
+        results.append(report)
+        with open(args.out, "w") as fh:
+            json.dump(results, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()
