@@ -7,12 +7,14 @@ and score each on the held-out 20%: a quick way to compare fit settings.
 Each variant is a dict of TrainConfig fields plus: name (required), freeze
 (default true: frozen encoder), unifrac (keep the UniFrac loss as auxiliary),
 class_weights (classifier), whiten (default true; false is an ablation that
-leaves the ASV whitening at identity). Every fit starts from the pretrained
+leaves the ASV whitening at identity), ridge (the whitening's ridge, default
+1e-3). Every fit starts from the pretrained
 encoder in --encoder-dir (oral_supervised.py writes it). Test predictions of
 each variant go to <out without .json>/<task>_<name>.tsv, so variants can be
 compared per sample or averaged.
 """
 import argparse
+import functools
 import json
 import os
 import sys
@@ -80,6 +82,7 @@ def main():
         freeze = variant.pop("freeze", True)
         class_weights = variant.pop("class_weights", "none")
         whiten = variant.pop("whiten", True)
+        ridge = variant.pop("ridge", 1e-3)
         train_data.distances = None
         if variant.pop("unifrac", False):
             unifrac = oral.load_unifrac() if unifrac is None else unifrac
@@ -89,7 +92,8 @@ def main():
                                    else 0.0})
         start = time.perf_counter()
         extra = {} if args.task == "age" else {"class_weights": class_weights}
-        supervised.whiten_asv_embeddings = WHITEN if whiten else _identity_whitening
+        supervised.whiten_asv_embeddings = (functools.partial(WHITEN, ridge=ridge) if whiten
+                                            else _identity_whitening)
         bundle = fit(train_data, target[train_data.sample_ids].to_numpy(),
                      "regressor" if args.task == "age" else "classifier", cfg, train_cfg,
                      encoder=encoder, freeze_encoder=freeze, log=lambda message: None, **extra)
@@ -104,7 +108,7 @@ def main():
                                             np.array([codes[c] for c in predicted]), len(codes))
         history = bundle.history
         best = history.loc[history["epoch"] == bundle.info["best_epoch"]].iloc[0]
-        report.update(name=name, variant=variant, freeze=freeze, whiten=whiten,
+        report.update(name=name, variant=variant, freeze=freeze, whiten=whiten, ridge=ridge,
                       seconds=round(seconds, 1),
                       best_epoch=int(bundle.info["best_epoch"]),
                       epochs_run=int(history["epoch"].max()),

@@ -546,6 +546,16 @@ def test_bundle_round_trip_and_history(tmp_path, data, bundle):
     assert not np.allclose(fresh["sample_embeddings"], before["sample_embeddings"])
 
 
+def test_build_model_accepts_weights_saved_before_whitening_and_refuses_others(bundle):
+    old = {k: v for k, v in bundle.state_dict.items()
+           if k not in ("asv_center", "asv_whitening")}
+    model = ModelBundle(bundle.model_config, old, bundle.history).build_model()
+    assert torch.equal(model.asv_whitening, torch.eye(bundle.model_config.embedding_dim))
+    broken = {k: v for k, v in old.items() if k != "nuc_head.weight"}
+    with pytest.raises(ValueError, match="do not match.*'nuc_head.weight'"):
+        ModelBundle(bundle.model_config, broken, bundle.history).build_model()
+
+
 def test_regression_losses_by_hand():
     pred, target = torch.tensor([[0.0], [2.0], [-3.0]]), torch.tensor([1.0, 2.0, 0.0])
     assert float(losses.regression_loss(pred, target, "mse")) == pytest.approx(10 / 3)

@@ -40,7 +40,12 @@ class ModelBundle:
     def build_model(self):
         from .model import AAMModel
         model = AAMModel(self.model_config)
-        model.load_state_dict(self.state_dict)
+        # Models saved before the ASV whitening existed lack its buffers; their
+        # identity default is exactly how those models ran.
+        missing, unexpected = model.load_state_dict(self.state_dict, strict=False)
+        if unexpected or set(missing) - {"asv_center", "asv_whitening"}:
+            raise ValueError(f"The weights do not match the model configuration: missing "
+                             f"{sorted(missing)}, unexpected {sorted(unexpected)}.")
         model.eval()
         return model
 

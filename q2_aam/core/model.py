@@ -133,8 +133,9 @@ class AAMModel(nn.Module):
     def encode_asvs(self, tokens):
         """[U, T] tokens -> ([U, D] ASV embeddings, [U, T, D] token states)."""
         embeddings, states = self.asv_encoder(tokens)
-        embeddings = (embeddings - self.asv_center.to(embeddings.dtype)) @ \
-            self.asv_whitening.to(embeddings.dtype)
+        # In float32 even under bf16 autocast: whitening magnifies the small axes.
+        with torch.autocast(tokens.device.type, enabled=False):
+            embeddings = (embeddings.float() - self.asv_center) @ self.asv_whitening
         return embeddings, states
 
     def encode_samples(self, asv_embeddings, asv_index, log_abundance, mask):
