@@ -12,7 +12,7 @@ DEMO_DIR := demo-output
 
 .PHONY: setup apt test demo bench clean
 
-setup: apt $(VENV)/.setup-done
+setup: apt $(VENV)/.setup-done $(VENV)/.cache-done
 
 apt:
 	@dpkg -s $(APT_PACKAGES) >/dev/null 2>&1 || { \
@@ -28,6 +28,11 @@ $(VENV)/.setup-done: setup.py constraints.txt bin/qiime-venv.sh
 	sed "s|@VENV@|$(VENV)|g" bin/qiime-venv.sh > $(QIIME) && chmod +x $(QIIME)
 	$(PY) -c "import numpy, pandas, h5py, biom; assert numpy.__version__ < '2', numpy.__version__; \
 	  assert all(m.__file__.startswith('/usr/lib/python3/') for m in (numpy, pandas, h5py, biom)), 'Debian stack replaced'"
+	touch $@
+
+# q2cli caches every plugin's signatures: rebuild it when the plugin changes,
+# or the CLI keeps offering the old parameters.
+$(VENV)/.cache-done: $(VENV)/.setup-done $(wildcard q2_aam/*.py)
 	$(QIIME) dev refresh-cache
 	touch $@
 
