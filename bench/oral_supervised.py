@@ -68,6 +68,8 @@ def main():
     parser.add_argument("--fit-patience", type=int, default=10)
     parser.add_argument("--nuc-penalty", type=float, default=1.0,
                         help="weight of the masked-nucleotide loss in pretraining")
+    parser.add_argument("--unifrac-penalty", type=float, default=1.0,
+                        help="weight of the UniFrac loss in pretraining (0: nucleotides only)")
     parser.add_argument("--regression-loss", default="auto", choices=["auto", "l1", "huber", "mse"],
                         help="'auto' as in the plugin: l1 with a pretrained encoder, else mse")
     parser.add_argument("--fit-with-unifrac", action="store_true",
@@ -132,7 +134,9 @@ def main():
         start = time.perf_counter()
         encoder = pretrain(data, model_cfg, TrainConfig(epochs=args.pretrain_epochs,
                                                         patience=args.pretrain_epochs,
-                                                        nuc_penalty=args.nuc_penalty, **train_cfg))
+                                                        nuc_penalty=args.nuc_penalty,
+                                                        unifrac_penalty=args.unifrac_penalty,
+                                                        **train_cfg))
         results["pretrain"] = {"seconds": time.perf_counter() - start}
         encoder.save(args.encoder_dir)
     best = encoder.history.loc[encoder.history["epoch"] == encoder.info["best_epoch"]].iloc[0]
