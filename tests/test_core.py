@@ -572,8 +572,10 @@ def test_asv_whitening_by_hand(bundle, data):
     d = model.cfg.embedding_dim
     raw = embed_all_asvs(model, data, CPU).double().numpy()
     ridge = 1e-3
-    whiten_asv_embeddings(model, data, CPU, ridge=ridge)
+    returned = whiten_asv_embeddings(model, data, CPU, ridge=ridge)
     white = embed_all_asvs(model, data, CPU).double().numpy()
+    # What it returns (a frozen fit's table) is exactly what the model now gives.
+    np.testing.assert_array_equal(returned.double().numpy(), white)
     # Centred on the training ASVs, and each principal axis of variance v scaled
     # to variance v / (v + ridge * total).
     np.testing.assert_allclose(white.mean(0), 0, atol=1e-4)

@@ -71,7 +71,8 @@ def fit(data, targets, task, model_cfg: ModelConfig, train_cfg: TrainConfig, enc
     """Fit a regressor (float targets) or classifier (string labels) on `data`.
 
     With `encoder` (a pretrained encoder ModelBundle) its weights start the
-    model; with `freeze_encoder` the nucleotide-level ASV encoder is frozen and
+    model and its ASV embeddings are whitened (whiten_asv_embeddings); with
+    `freeze_encoder` the nucleotide-level ASV encoder is frozen and
     every distinct ASV is embedded once for the whole run, so training costs
     only the sample level.
     """
@@ -119,10 +120,10 @@ def fit(data, targets, task, model_cfg: ModelConfig, train_cfg: TrainConfig, enc
                          "encoder would stay random.")
     device = resolve_device(train_cfg.device)
     if encoder is not None:
-        whiten_asv_embeddings(model, data, device)
+        asv_embeddings = whiten_asv_embeddings(model, data, device)
     if freeze_encoder:
         model.asv_encoder.requires_grad_(False)
-        data.asv_embedding_table = embed_all_asvs(model, data, device)
+        data.asv_embedding_table = asv_embeddings
     loss_fn = LossFunction(task, nuc_penalty=train_cfg.nuc_penalty,
                            unifrac_penalty=train_cfg.unifrac_penalty,
                            zero_distance_weight=zero_distance_weight, class_weights=weights,
@@ -145,20 +146,26 @@ def whiten_asv_embeddings(model, data, device, ridge=1e-3):
     tells related ASVs apart is tiny next to the phylogenetic axes and a fit
     learns it slowly. `ridge` (a fraction of the total variance added to each
     axis) keeps near-empty directions from being blown up into noise.
+
+    Returns the whitened embeddings of `data`'s ASVs on the CPU, the same values
+    `encode_asvs` now gives them (a frozen fit's embedding table).
     """
     d = model.asv_whitening.shape[0]
     model.asv_center.zero_()
     model.asv_whitening.copy_(torch.eye(d))
-    embeddings = embed_all_asvs(model, data, device).double()
+    raw = embed_all_asvs(model, data, device)
+    embeddings = raw.double()
     center = embeddings.mean(0)
     centred = embeddings - center
     variance, axes = torch.linalg.eigh(centred.T @ centred / len(embeddings))
     variance = variance.clamp_min(0)
     if variance.sum() == 0:       # a single ASV: nothing to whiten
-        return
+        return raw
     scale = (variance + ridge * variance.sum()).rsqrt()
-    model.asv_center.copy_(center.float())
-    model.asv_whitening.copy_((axes @ torch.diag(scale) @ axes.T).float())
+    center, whitening = center.float(), (axes @ torch.diag(scale) @ axes.T).float()
+    model.asv_center.copy_(center)
+    model.asv_whitening.copy_(whitening)
+    return (raw - center) @ whitening
 
 
 @torch.no_grad()
