@@ -29,7 +29,7 @@ from oral_supervised import regression_report  # noqa: E402
 
 from q2_aam._inputs import attach_distances, build_sample_set  # noqa: E402
 from q2_aam.core.bundle import ModelBundle  # noqa: E402
-from q2_aam.core.config import TrainConfig  # noqa: E402
+from q2_aam.core.config import ModelConfig, TrainConfig  # noqa: E402
 from q2_aam.core.data import split_indices  # noqa: E402
 from q2_aam.core import supervised  # noqa: E402
 from q2_aam.core.supervised import classification_metrics, fit, predict  # noqa: E402
@@ -85,6 +85,7 @@ def main():
         class_weights = variant.pop("class_weights", "none")
         whiten = variant.pop("whiten", True)
         ridge = variant.pop("ridge", 1e-3)
+        fit_cfg = ModelConfig.from_dict({**cfg.to_dict(), "kmer_size": variant.pop("kmer_size", 0)})
         train_data.distances = None
         if variant.pop("unifrac", False):
             unifrac = oral.load_unifrac() if unifrac is None else unifrac
@@ -97,7 +98,7 @@ def main():
         supervised.whiten_asv_embeddings = (functools.partial(WHITEN, ridge=ridge) if whiten
                                             else _identity_whitening)
         bundle = fit(train_data, target[train_data.sample_ids].to_numpy(),
-                     "regressor" if args.task == "age" else "classifier", cfg, train_cfg,
+                     "regressor" if args.task == "age" else "classifier", fit_cfg, train_cfg,
                      encoder=encoder, freeze_encoder=freeze, log=lambda message: None, **extra)
         predicted, _ = predict(bundle, test_data)
         seconds = time.perf_counter() - start

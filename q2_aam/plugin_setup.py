@@ -11,7 +11,7 @@ from qiime2.plugin import (Bool, Categorical, Choices, Citations, Float, Int, Me
 
 import q2_aam
 from . import _examples, _visualizer_examples
-from .core.config import OPTIMIZERS, REGRESSION_LOSSES, SCHEDULERS
+from .core.config import MAX_KMER_SIZE, OPTIMIZERS, REGRESSION_LOSSES, SCHEDULERS
 from ._format import (AAMConfigFormat, AAMModelDirectoryFormat, SafetensorsFormat,
                       TensorBoardEventFormat, TrainingTableFormat)
 from ._lr_finder import find_learning_rate
@@ -174,6 +174,7 @@ FIT_INPUT_DESCRIPTIONS = {
 }
 FIT_PARAMETERS = {**ARCHITECTURE_PARAMETERS, **TRAINING_PARAMETERS,
                   "freeze_encoder": Bool,
+                  "kmer_size": Int % Range(0, MAX_KMER_SIZE, inclusive_end=True),
                   "missing_samples": Str % Choices(["error", "ignore"]),
                   "nuc_mask_ratio": Float % Range(0, 1),
                   "nuc_penalty": Float % Range(0, None),
@@ -184,6 +185,11 @@ FIT_PARAMETER_DESCRIPTIONS = {
     "freeze_encoder": "Keep the pretrained nucleotide-level ASV encoder fixed: every distinct "
                       "ASV is embedded once for the whole run and only the sample level and "
                       "the prediction head train (much faster). Needs pretrained_encoder.",
+    "kmer_size": "Length of the k-mers whose learned embeddings are added to each ASV's "
+                 "transformer embedding (0: none). They let the fit tell individual ASVs "
+                 "apart, which the pretrained embeddings do poorly; on real data k-mers of "
+                 "6 lowered the held-out age error of frozen fits. Also used with a "
+                 "pretrained_encoder (the k-mer embeddings are learned by the fit).",
     "missing_samples": "'error' if table samples are missing from the metadata; 'ignore' to "
                        "train on the samples that have metadata.",
     "nuc_mask_ratio": "Fraction of bases masked for an auxiliary masked-nucleotide loss; 0 "

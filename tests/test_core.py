@@ -13,7 +13,7 @@ from q2_aam.core.bundle import ModelBundle
 from q2_aam.core.config import ModelConfig, TrainConfig
 from q2_aam.core.data import Batch, SampleSet, batch_indices, mask_nucleotides
 from q2_aam.core.losses import LossFunction, nuc_loss, unifrac_loss
-from q2_aam.core.model import AAMModel, AttentionPool, predicted_distance
+from q2_aam.core.model import AAMModel, AttentionPool, KmerBag, predicted_distance
 from q2_aam.core.pretrain import pretrain
 from q2_aam.core.tokenizer import (A, AMBIGUOUS, C, G, MASK, NUCLEOTIDES, PAD, START, T,
                                    tokenize)
@@ -556,6 +556,49 @@ def test_build_model_accepts_weights_saved_before_whitening_and_refuses_others(b
         ModelBundle(bundle.model_config, broken, bundle.history).build_model()
 
 
+def test_kmer_bag_by_hand():
+    bag = KmerBag(2, 3)
+    assert not bag.table.weight.any()              # zero: changes nothing at first
+    with torch.no_grad():
+        bag.table.weight.copy_(torch.arange(17 * 3, dtype=torch.float32).view(17, 3))
+    row = lambda index: bag.table.weight[index]    # 2-mer index: 4 * first + second (A=0..T=3)
+    tokens = torch.tensor([
+        [START, A, C, G, T, MASK, A, C, PAD],      # AC CG GT, then AC; nothing across MASK
+        [START, A, AMBIGUOUS, C, C, PAD, PAD, PAD, PAD],     # CC only
+        [START, T, PAD, PAD, PAD, PAD, PAD, PAD, PAD]])      # shorter than k: nothing
+    out = bag(tokens).detach()
+    torch.testing.assert_close(out[0], 2 * row(1) + row(6) + row(11))
+    torch.testing.assert_close(out[1], row(5))
+    assert not out[2].any()
+    assert bag(torch.tensor([[START]])).shape == (1, 3)   # fewer tokens than k
+
+
+def test_zero_kmer_bag_leaves_a_model_unchanged_then_tells_asvs_apart(varied_data):
+    idx = np.arange(8)
+    torch.manual_seed(0)
+    plain = AAMModel(ModelConfig(**TINY)).eval()
+    with_kmers = AAMModel(ModelConfig(**TINY, kmer_size=4)).eval()
+    missing, unexpected = with_kmers.load_state_dict(plain.state_dict(), strict=False)
+    assert missing == ["kmer_bag.table.weight"] and not unexpected
+    before = predict_outputs(plain, varied_data, idx, 8, CPU)["sample_embeddings"]
+    after = predict_outputs(with_kmers, varied_data, idx, 8, CPU)["sample_embeddings"]
+    np.testing.assert_allclose(after, before, atol=1e-6)
+    # A frozen batch carries tokens too: the k-mer bag reads them.
+    batch = varied_data.collate(idx)
+    tokens = torch.from_numpy(varied_data.tokens.astype(np.int64))
+    varied_data.asv_embedding_table = torch.zeros(len(tokens), TINY["embedding_dim"])
+    try:
+        frozen = varied_data.collate(idx)
+    finally:
+        varied_data.asv_embedding_table = None
+    torch.testing.assert_close(frozen.tokens, batch.tokens)
+    # Random k-mer embeddings give (nearly) every ASV sequence its own vector.
+    torch.nn.init.normal_(with_kmers.kmer_bag.table.weight)
+    vectors = with_kmers.kmer_bag(tokens).detach().numpy()
+    distinct_sequences = len(np.unique(varied_data.tokens, axis=0))
+    assert len(np.unique(vectors.round(4), axis=0)) == distinct_sequences
+
+
 def test_regression_losses_by_hand():
     pred, target = torch.tensor([[0.0], [2.0], [-3.0]]), torch.tensor([1.0, 2.0, 0.0])
     assert float(losses.regression_loss(pred, target, "mse")) == pytest.approx(10 / 3)
@@ -597,6 +640,10 @@ def test_config_validation_messages():
         TrainConfig(batch_size=1)
     with pytest.raises(ValueError, match="warmup must be in"):
         TrainConfig(warmup=1.5)
+    with pytest.raises(ValueError, match="kmer_size must be 0 .none. to 8, not 9"):
+        ModelConfig(kmer_size=9)
+    # Configurations saved before k-mers existed describe models without them.
+    assert ModelConfig.from_dict({"embedding_dim": 16, "attention_heads": 2}).kmer_size == 0
     assert math.isclose(TrainConfig().nuc_mask_ratio, 0.15)
 
 

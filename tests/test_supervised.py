@@ -260,6 +260,10 @@ def test_pretrained_fits_set_asv_whitening_and_l1_loss(aam, small, tiny_encoder,
     whitening = bundle(model).state_dict["asv_whitening"].numpy()
     assert whitening.shape == (d, d) and not np.allclose(whitening, np.eye(d))
     np.testing.assert_allclose(whitening, whitening.T, atol=1e-5)     # symmetric (ZCA)
+    # The fit adds its own k-mer embeddings (kmer_size 6 by default) and learns them.
+    assert bundle(tiny_encoder).model_config.kmer_size == 0
+    assert bundle(model).model_config.kmer_size == 6
+    assert bundle(model).state_dict["kmer_bag.table.weight"].abs().sum() > 0
 
 
 def test_fine_tuned_encoder_changes_the_encoder_weights(aam, small, tiny_encoder):

@@ -5,6 +5,7 @@ TASKS = ("encoder", "regressor", "classifier")
 # Defined here (no torch) so that the plugin can offer them as choices; built in optim.py.
 OPTIMIZERS = ("adamw", "adam", "sgd", "lion")
 REGRESSION_LOSSES = ("mse", "huber", "l1")
+MAX_KMER_SIZE = 8     # a table of 4**8 k-mers; longer ones would mostly be unique
 SCHEDULERS = ("warmup_cosine", "cosine", "plateau", "onecycle", "constant")
 
 
@@ -20,6 +21,9 @@ class ModelConfig:
     # Regressor: 1; classifier: number of classes; encoder: unused.
     n_outputs: int = 0
     faith_pd: bool = False
+    # Length of the k-mers whose learned embeddings are added to each ASV's
+    # (model.KmerBag); 0: none.
+    kmer_size: int = 0
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -32,6 +36,8 @@ class ModelConfig:
                      "max_bp", "asv_limit"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}.")
+        if not 0 <= self.kmer_size <= MAX_KMER_SIZE:
+            raise ValueError(f"kmer_size must be 0 (none) to {MAX_KMER_SIZE}, not {self.kmer_size}.")
 
     def to_dict(self):
         return asdict(self)

@@ -93,11 +93,12 @@ class SampleSet:
                       asv_index=torch.from_numpy(asv_index),
                       asv_mask=torch.from_numpy(asv_mask),
                       log_abundance=torch.from_numpy(log_abundance))
+        tokens = self.tokens[distinct]
+        tokens = tokens[:, :int((tokens != PAD).sum(1).max())]
         if self.asv_embedding_table is not None:
             batch.asv_embeddings = self.asv_embedding_table[torch.from_numpy(distinct)]
+            batch.tokens = torch.from_numpy(tokens.astype(np.int64))   # for the k-mer bag
         else:
-            tokens = self.tokens[distinct]
-            tokens = tokens[:, :int((tokens != PAD).sum(1).max())]
             if mask_ratio > 0:
                 tokens, positions, targets = mask_nucleotides(tokens, mask_ratio, rng)
                 batch.nuc_positions = torch.from_numpy(positions)

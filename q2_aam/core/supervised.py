@@ -71,7 +71,8 @@ def fit(data, targets, task, model_cfg: ModelConfig, train_cfg: TrainConfig, enc
     """Fit a regressor (float targets) or classifier (string labels) on `data`.
 
     With `encoder` (a pretrained encoder ModelBundle) its weights start the
-    model and its ASV embeddings are whitened (whiten_asv_embeddings); with
+    model and its ASV embeddings are whitened (whiten_asv_embeddings), and
+    `model_cfg` contributes only the fit's own choices (dropout, kmer_size); with
     `freeze_encoder` the nucleotide-level ASV encoder is frozen and
     every distinct ASV is embedded once for the whole run, so training costs
     only the sample level.
@@ -105,7 +106,8 @@ def fit(data, targets, task, model_cfg: ModelConfig, train_cfg: TrainConfig, enc
         model_cfg = ModelConfig.from_dict({**encoder.model_config.to_dict(), "task": task,
                                            "n_outputs": n_outputs, "faith_pd": False,
                                            # dropout regularizes this fit; not architecture
-                                           "dropout": model_cfg.dropout})
+                                           "dropout": model_cfg.dropout,
+                                           "kmer_size": model_cfg.kmer_size})
     else:
         model_cfg = ModelConfig.from_dict({**model_cfg.to_dict(), "task": task,
                                            "n_outputs": n_outputs})
@@ -114,6 +116,8 @@ def fit(data, targets, task, model_cfg: ModelConfig, train_cfg: TrainConfig, enc
     if encoder is not None:
         shared = {k: v for k, v in encoder.state_dict.items()
                   if not k.startswith(("target_head", "faith_pd_head"))}
+        if model_cfg.kmer_size != encoder.model_config.kmer_size:
+            shared = {k: v for k, v in shared.items() if not k.startswith("kmer_bag.")}
         model.load_state_dict(shared, strict=False)
     if freeze_encoder and encoder is None:
         raise ValueError("freeze_encoder needs a pretrained_encoder: a randomly initialized "
