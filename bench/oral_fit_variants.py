@@ -8,7 +8,8 @@ Each variant is a dict of TrainConfig fields plus: name (required), freeze
 (default true: frozen encoder), unifrac (keep the UniFrac loss as auxiliary),
 class_weights (classifier), whiten (default true; false is an ablation that
 leaves the ASV whitening at identity), ridge (the whitening's ridge, default
-1e-3). Every fit starts from the pretrained
+1e-3), kmer_size (the fit's k-mer embeddings, default 0 here: the plugin's
+default is 6) and dropout (default 0). Every fit starts from the pretrained
 encoder in --encoder-dir (oral_supervised.py writes it). Test predictions of
 each variant go to <out without .json>/<task>_<name>.tsv, so variants can be
 compared per sample or averaged.
@@ -85,7 +86,8 @@ def main():
         class_weights = variant.pop("class_weights", "none")
         whiten = variant.pop("whiten", True)
         ridge = variant.pop("ridge", 1e-3)
-        fit_cfg = ModelConfig.from_dict({**cfg.to_dict(), "kmer_size": variant.pop("kmer_size", 0)})
+        fit_cfg = ModelConfig.from_dict({**cfg.to_dict(), "kmer_size": variant.pop("kmer_size", 0),
+                                         "dropout": variant.pop("dropout", 0.0)})
         train_data.distances = None
         if variant.pop("unifrac", False):
             unifrac = oral.load_unifrac() if unifrac is None else unifrac
