@@ -20,7 +20,7 @@ def find_learning_rate(output_dir: str, table: biom.Table, sequences: pd.Series,
                        metadata: qiime2.MetadataColumn = None, missing_samples: str = "error",
                        embedding_dim: int = 128, attention_heads: int = 4,
                        attention_layers: int = 4, max_bp: int = 150, asv_limit: int = 1024,
-                       batch_size: int = 32, optimizer: str = "adamw",
+                       kmer_size: int = 6, batch_size: int = 32, optimizer: str = "adamw",
                        weight_decay: float = 0.01, min_learning_rate: float = 1e-6,
                        max_learning_rate: float = 1.0, steps: int = 200, device: str = "auto",
                        random_seed: int = 0) -> None:
@@ -36,7 +36,9 @@ def find_learning_rate(output_dir: str, table: biom.Table, sequences: pd.Series,
                          f"max_learning_rate ({max_learning_rate}).")
     model_cfg = ModelConfig(embedding_dim=embedding_dim, attention_heads=attention_heads,
                             attention_layers=attention_layers, max_bp=max_bp,
-                            asv_limit=asv_limit)
+                            asv_limit=asv_limit,
+                            # as the fits build it; pretrain has no k-mer embeddings
+                            kmer_size=0 if metadata is None else kmer_size)
     if metadata is None:
         task, targets = "encoder", None
         data = build_sample_set(table, sequences, max_bp, asv_limit, min_samples=2)

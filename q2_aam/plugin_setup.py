@@ -381,6 +381,7 @@ plugin.visualizers.register_function(
     parameters={"metadata": MetadataColumn[Numeric | Categorical],
                 "missing_samples": FIT_PARAMETERS["missing_samples"],
                 **ARCHITECTURE_PARAMETERS,
+                "kmer_size": FIT_PARAMETERS["kmer_size"],
                 **{name: TRAINING_PARAMETERS[name] for name in (
                     "batch_size", "optimizer", "weight_decay", "device", "random_seed")},
                 "min_learning_rate": Float % Range(0, None, inclusive_start=False),
@@ -398,6 +399,8 @@ plugin.visualizers.register_function(
                     "fit-classifier's. Give this, distance_matrix, or both.",
         "missing_samples": FIT_PARAMETER_DESCRIPTIONS["missing_samples"],
         **ARCHITECTURE_DESCRIPTIONS,
+        "kmer_size": "As in the fits; used only with metadata (pretrain has no k-mer "
+                     "embeddings).",
         **{name: TRAINING_DESCRIPTIONS[name] for name in (
             "batch_size", "optimizer", "weight_decay", "device")},
         "random_seed": "Seed for initialization, shuffling and masking.",
