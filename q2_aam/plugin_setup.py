@@ -175,6 +175,7 @@ FIT_INPUT_DESCRIPTIONS = {
 FIT_PARAMETERS = {**ARCHITECTURE_PARAMETERS, **TRAINING_PARAMETERS,
                   "freeze_encoder": Bool,
                   "kmer_size": Int % Range(0, MAX_KMER_SIZE, inclusive_end=True),
+                  "asv_dropout": Float % Range(0, 1),
                   "missing_samples": Str % Choices(["error", "ignore"]),
                   "nuc_mask_ratio": Float % Range(0, 1),
                   "nuc_penalty": Float % Range(0, None),
@@ -190,6 +191,11 @@ FIT_PARAMETER_DESCRIPTIONS = {
                  "apart, which the pretrained embeddings do poorly; on real data 6-mers "
                  "lowered the held-out age error and raised the study accuracy of frozen "
                  "fits. Also used with a pretrained_encoder: the fit learns them.",
+    "asv_dropout": "Fraction of each training sample's ASVs left out of every training "
+                   "batch, drawn anew each time (a sample that would lose them all keeps "
+                   "its most abundant one); never at validation or prediction. It keeps the "
+                   "fit from leaning on single ASVs: on real data 0.5 lowered the held-out "
+                   "age error of frozen fits with 6-mers (0.3 less, 0.7 not more).",
     "missing_samples": "'error' if table samples are missing from the metadata; 'ignore' to "
                        "train on the samples that have metadata.",
     "nuc_mask_ratio": "Fraction of bases masked for an auxiliary masked-nucleotide loss; 0 "

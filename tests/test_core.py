@@ -364,6 +364,42 @@ def test_collate_masking_keeps_targets_start_and_padding(varied_data):
     assert clean.nuc_positions is None and clean.nuc_targets is None
 
 
+def test_collate_asv_dropout(varied_data):
+    idx = np.arange(10)
+    clean = varied_data.collate(idx)
+    dropped = varied_data.collate(idx, rng=np.random.default_rng(3), asv_dropout=0.3)
+    again = varied_data.collate(idx, rng=np.random.default_rng(3), asv_dropout=0.3)
+    torch.testing.assert_close(dropped.asv_index, again.asv_index)      # seeded
+    kept, total = dropped.asv_mask.sum(1), clean.asv_mask.sum(1)
+    assert (kept >= 1).all() and (kept <= total).all() and (kept < total).any()
+    assert abs(float(kept.sum()) / float(total.sum()) - 0.7) < 0.05
+    # Each row keeps a subset of its own ASVs with their own abundances, in order.
+    for row, i in enumerate(idx):
+        own = iter(varied_data.log_abundance[i].tolist())
+        assert all(value in own for value in dropped.log_abundance[row, :int(kept[row])].tolist())
+    # A sample never loses every ASV, even at a rate close to 1.
+    assert (varied_data.collate(idx, rng=np.random.default_rng(0),
+                                asv_dropout=0.99).asv_mask.sum(1) >= 1).all()
+    with pytest.raises(ValueError, match="asv_dropout must be in"):
+        TrainConfig(asv_dropout=1.0)
+
+
+def test_training_batches_alone_drop_asvs(data, monkeypatch):
+    seen = []
+    real_collate = SampleSet.collate
+
+    def spy(self, indices, mask_ratio=0.0, rng=None, asv_dropout=0.0):
+        seen.append((bool(np.all(np.asarray(indices) < 24)), asv_dropout))
+        return real_collate(self, indices, mask_ratio, rng, asv_dropout)
+
+    monkeypatch.setattr(SampleSet, "collate", spy)
+    torch.manual_seed(0)
+    train(AAMModel(ModelConfig(**TINY)), data, np.arange(24), np.arange(24, 32),
+          LossFunction("encoder"), tiny_train_config(epochs=1, asv_dropout=0.4), log=quiet)
+    assert {rate for training, rate in seen if training} == {0.4}
+    assert {rate for training, rate in seen if not training} == {0.0}
+
+
 def test_mask_nucleotides_statistics():
     rng = np.random.default_rng(0)
     tokens, _ = tokenize(["".join(rng.choice(list("ACGTN"), size=rng.integers(50, 120)))

@@ -264,6 +264,7 @@ def test_pretrained_fits_set_asv_whitening_and_l1_loss(aam, small, tiny_encoder,
     assert bundle(tiny_encoder).model_config.kmer_size == 0
     assert bundle(model).model_config.kmer_size == 6
     assert bundle(model).state_dict["kmer_bag.table.weight"].abs().sum() > 0
+    assert bundle(model).info["training"]["asv_dropout"] == 0.5      # the fits' default
 
 
 def test_fine_tuned_encoder_changes_the_encoder_weights(aam, small, tiny_encoder):

@@ -63,6 +63,10 @@ class TrainConfig:
     gradient_accumulation_steps: int = 1
     nuc_mask_ratio: float = 0.15
     regression_loss: str = "mse"
+    # Fraction of each training sample's ASVs left out of every training batch:
+    # a regularizer against memorizing single ASVs (not for pretraining, whose
+    # UniFrac targets describe the whole sample).
+    asv_dropout: float = 0.0
     nuc_penalty: float = 1.0
     unifrac_penalty: float = 1.0
     faith_pd_penalty: float = 1.0
@@ -85,6 +89,7 @@ class TrainConfig:
             ("max_grad_norm", self.max_grad_norm > 0, "positive"),
             ("gradient_accumulation_steps", self.gradient_accumulation_steps >= 1, "at least 1"),
             ("nuc_mask_ratio", 0 <= self.nuc_mask_ratio < 1, "in [0, 1)"),
+            ("asv_dropout", 0 <= self.asv_dropout < 1, "in [0, 1)"),
             ("regression_loss", self.regression_loss in REGRESSION_LOSSES,
              _one_of(REGRESSION_LOSSES)),
             ("nuc_penalty", self.nuc_penalty >= 0, "non-negative"),

@@ -74,10 +74,21 @@ class SampleSet:
     def occurrences(self, indices):
         return int(sum(len(self.asv_ids[i]) for i in indices))
 
-    def collate(self, indices, mask_ratio=0.0, rng=None):
-        """Build a Batch of the samples `indices` (positions in this set)."""
+    def collate(self, indices, mask_ratio=0.0, rng=None, asv_dropout=0.0):
+        """Build a Batch of the samples `indices` (positions in this set).
+
+        `asv_dropout` leaves out that fraction of each sample's ASVs at random
+        (`rng`); a sample that would lose them all keeps its most abundant one.
+        """
         indices = np.asarray(indices)
         ids = [self.asv_ids[i] for i in indices]
+        log_abundances = [self.log_abundance[i] for i in indices]
+        if asv_dropout > 0:
+            keeps = [rng.random(len(x)) >= asv_dropout for x in ids]
+            for keep in keeps:
+                keep[0] |= not keep.any()      # ASVs are stored most abundant first
+            ids = [x[keep] for x, keep in zip(ids, keeps)]
+            log_abundances = [x[keep] for x, keep in zip(log_abundances, keeps)]
         distinct, inverse = np.unique(np.concatenate(ids), return_inverse=True)
         n_slots = max(len(x) for x in ids)
         asv_index = np.zeros((len(ids), n_slots), dtype=np.int64)
@@ -87,7 +98,7 @@ class SampleSet:
         for row, x in enumerate(ids):
             asv_index[row, :len(x)] = inverse[offset:offset + len(x)]
             asv_mask[row, :len(x)] = True
-            log_abundance[row, :len(x)] = self.log_abundance[indices[row]]
+            log_abundance[row, :len(x)] = log_abundances[row]
             offset += len(x)
         batch = Batch(sample_index=torch.from_numpy(indices.astype(np.int64)),
                       asv_index=torch.from_numpy(asv_index),

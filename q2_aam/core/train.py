@@ -63,7 +63,8 @@ def run_epoch_losses(model, data, indices, loss_fn, cfg, device, rng, optimizer=
     first_bad_step = torch.tensor(-1, device=device)
     accum = cfg.gradient_accumulation_steps
     for step, idx in enumerate(batches):
-        batch = data.collate(idx, cfg.nuc_mask_ratio, rng).to(device)
+        batch = data.collate(idx, cfg.nuc_mask_ratio, rng,
+                             cfg.asv_dropout if training else 0.0).to(device)
         with torch.set_grad_enabled(training), autocast(device):
             losses = loss_fn(model(batch), batch)
         loss = losses["loss"]
