@@ -9,7 +9,9 @@ Each variant is a dict of TrainConfig fields plus: name (required), freeze
 class_weights (classifier), whiten (default true; false is an ablation that
 leaves the ASV whitening at identity), ridge (the whitening's ridge, default
 1e-3), kmer_size (the fit's k-mer embeddings, default 0 here: the plugin's
-default is 6) and dropout (default 0). Every fit starts from the pretrained
+default is 6) and dropout (default 0). asv_dropout, a TrainConfig field, also
+defaults to 0 here (the plugin's fits default to 0.5), so the earlier commands
+in BENCHMARKS.md keep their meaning. Every fit starts from the pretrained
 encoder in --encoder-dir (oral_supervised.py writes it). Test predictions of
 each variant go to <out without .json>/<task>_<name>.tsv, so variants can be
 compared per sample or averaged.
