@@ -59,6 +59,7 @@ def main():
     parser.add_argument("--encoder-dir", default="bench/out/oral-encoder")
     parser.add_argument("--seed", type=int, default=0, help="seed of the 80/20 split")
     parser.add_argument("--out", default="bench/out/oral_fit_variants.json")
+    parser.add_argument("--verbose", action="store_true", help="print each epoch's summary")
     args = parser.parse_args()
 
     table, metadata = oral.load_table(), oral.load_metadata()
@@ -103,7 +104,8 @@ def main():
                                             else _identity_whitening)
         bundle = fit(train_data, target[train_data.sample_ids].to_numpy(),
                      "regressor" if args.task == "age" else "classifier", fit_cfg, train_cfg,
-                     encoder=encoder, freeze_encoder=freeze, log=lambda message: None, **extra)
+                     encoder=encoder, freeze_encoder=freeze,
+                     log=None if args.verbose else (lambda message: None), **extra)
         predicted, _ = predict(bundle, test_data)
         seconds = time.perf_counter() - start
         truth = target[test_data.sample_ids].to_numpy()
