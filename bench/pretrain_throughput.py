@@ -5,6 +5,7 @@ and (with --epochs) held-out UniFrac fit, on ../shared/data/oral-dev.
     .venv/bin/python bench/pretrain_throughput.py --epochs 20 --out bench/out/pretrain.json
 """
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -25,7 +26,7 @@ from q2_aam.core.data import batch_indices  # noqa: E402
 from q2_aam.core.losses import LossFunction  # noqa: E402
 from q2_aam.core.model import AAMModel, count_parameters  # noqa: E402
 from q2_aam.core.pretrain import pretrain  # noqa: E402
-from q2_aam.core.train import autocast, make_optimizer, resolve_device  # noqa: E402
+from q2_aam.core.train import autocast, deterministic_kernels, make_optimizer, resolve_device  # noqa: E402
 
 
 def matmul_peak(device, n=2048, repeats=10):
@@ -111,6 +112,8 @@ def main():
     parser.add_argument("--embedding-dim", type=int, default=128)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="time the steps under deterministic kernels (training's CUDA default)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     device = resolve_device(args.device)
@@ -122,7 +125,10 @@ def main():
               "torch": torch.__version__, "threads": torch.get_num_threads(),
               "embedding_dim": args.embedding_dim, "layers": args.layers}
     if args.steps:
-        result["throughput"] = throughput(data, model_cfg, args, device)
+        kernels = deterministic_kernels(device) if args.deterministic else contextlib.nullcontext()
+        with kernels:
+            result["throughput"] = throughput(data, model_cfg, args, device)
+        result["throughput"]["deterministic"] = args.deterministic
     if args.epochs:
         cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
                           learning_rate=args.learning_rate, device=args.device,

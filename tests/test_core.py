@@ -18,7 +18,8 @@ from q2_aam.core.pretrain import pretrain
 from q2_aam.core.tokenizer import (A, AMBIGUOUS, C, G, MASK, NUCLEOTIDES, PAD, START, T,
                                    tokenize)
 from q2_aam.core.optim import warmup_cosine
-from q2_aam.core.train import NonFiniteLossError, predict_outputs, train
+from q2_aam.core.train import (NonFiniteLossError, deterministic_kernels, predict_outputs,
+                                train)
 
 CPU = torch.device("cpu")
 TINY = dict(embedding_dim=16, attention_heads=2, attention_layers=1)
@@ -506,6 +507,32 @@ def test_same_seed_same_weights_different_seed_differs(sim, bundle):
     assert any(not torch.equal(t, other.state_dict[k]) for k, t in bundle.state_dict.items())
     cols = [c for c in bundle.history.columns if c != "seconds"]
     assert bundle.history[cols].equals(again.history[cols])
+
+
+def test_deterministic_kernels_on_cuda_only_and_restored():
+    # Found on an H100: the same seed gave predictions up to 3.5 years apart
+    # between two runs until training used deterministic kernels.
+    assert not torch.are_deterministic_algorithms_enabled()
+    with deterministic_kernels(CPU):
+        assert not torch.are_deterministic_algorithms_enabled()
+    with deterministic_kernels(torch.device("cuda")):     # only switches a flag: no GPU needed
+        assert torch.are_deterministic_algorithms_enabled()
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_heads_run_in_float32_under_bf16_autocast(data):
+    # Under bf16 the distance embeddings kept ~3 significant digits: too few for
+    # UniFrac differences between samples.
+    torch.manual_seed(0)
+    model = AAMModel(ModelConfig(**TINY, task="regressor", n_outputs=1)).eval()
+    batch = data.collate(np.arange(4))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(batch)
+    for name in ("sample_embeddings", "distance_embeddings", "target"):
+        assert out[name].dtype == torch.float32, name
+    with torch.no_grad():
+        exact = model(batch)
+    assert torch.allclose(out["target"], exact["target"], atol=0.05)
 
 
 def test_early_stopping_restores_best_epoch(data):

@@ -191,12 +191,18 @@ class AAMModel(nn.Module):
             asv_emb = asv_emb + self.kmer_bag(batch.tokens)
         sample_emb = self.encode_samples(asv_emb, batch.asv_index, batch.log_abundance,
                                          batch.asv_mask)
-        out["sample_embeddings"] = sample_emb
-        out["distance_embeddings"] = self.distance_head(sample_emb) * self.distance_log_scale.exp()
-        if self.faith_pd_head is not None:
-            out["faith_pd"] = self.faith_pd_head(sample_emb).squeeze(-1)
-        if self.target_head is not None:
-            out["target"] = self.target_head(sample_emb)
+        # The heads run in float32 even under bf16 autocast (they are tiny): UniFrac
+        # distances between samples differ by less than bf16's ~3 significant
+        # digits resolve in the embeddings they are computed from.
+        with torch.autocast(sample_emb.device.type, enabled=False):
+            sample_emb = sample_emb.float()
+            out["sample_embeddings"] = sample_emb
+            out["distance_embeddings"] = (self.distance_head(sample_emb)
+                                          * self.distance_log_scale.exp())
+            if self.faith_pd_head is not None:
+                out["faith_pd"] = self.faith_pd_head(sample_emb).squeeze(-1)
+            if self.target_head is not None:
+                out["target"] = self.target_head(sample_emb)
         return out
 
 

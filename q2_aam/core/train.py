@@ -7,6 +7,7 @@ steps and at epoch ends, never per step.
 """
 import contextlib
 import math
+import os
 import sys
 import tempfile
 import time
@@ -20,6 +21,10 @@ from .bundle import read_files
 from .config import TrainConfig
 from .data import batch_indices
 from .optim import make_optimizer, make_scheduler
+
+# Deterministic cuBLAS (deterministic_kernels) needs a fixed workspace, which
+# cuBLAS reads once, when torch first uses it: so it is set on import.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -48,6 +53,22 @@ def autocast(device):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def deterministic_kernels(device):
+    """On CUDA, deterministic kernels while training, so that a random_seed gives
+    the same model on a GPU too (the default kernels add in a varying order:
+    scatter-adds, attention backward). CPU kernels already are deterministic."""
+    if device.type != "cuda":
+        yield
+        return
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
 
 
 def run_epoch_losses(model, data, indices, loss_fn, cfg, device, rng, optimizer=None,
@@ -126,7 +147,7 @@ def train(model, data, train_idx, val_idx, loss_fn, cfg: TrainConfig, evaluate=N
     from torch.utils.tensorboard import SummaryWriter
     from tqdm.auto import tqdm
 
-    with tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory() as scratch, deterministic_kernels(device):
         log_dir = cfg.tensorboard_dir or scratch
         writer = SummaryWriter(log_dir=log_dir)
         progress = tqdm(total=cfg.epochs * steps_per_epoch, file=sys.stderr, unit="step",
