@@ -122,7 +122,7 @@ def main():
                       best_epoch=int(bundle.info["best_epoch"]),
                       epochs_run=int(history["epoch"].max()),
                       train_target_loss=float(best["train/target_loss"]),
-                      val_target_loss=float(best["val/target_loss"]))
+                      val_target_loss=float(best.get("val/target_loss", float("nan"))))
         pd.DataFrame({"true": truth, "predicted": predicted, "study": test_study},
                      index=pd.Index(test_data.sample_ids, name="sample_id")).to_csv(
             os.path.join(predictions_dir, f"{args.task}_{name}.tsv"), sep="\t")
