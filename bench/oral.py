@@ -41,6 +41,15 @@ def load_unifrac():
     return skbio.DistanceMatrix(frame.to_numpy(dtype=np.float64), ids=list(frame.index))
 
 
+def jaccard(table):
+    """Jaccard distances of ASV presence between the table's samples."""
+    import skbio
+    from scipy.spatial.distance import pdist, squareform
+    present = table.matrix_data.T.toarray() > 0
+    return skbio.DistanceMatrix(squareform(pdist(present, metric="jaccard")),
+                                ids=list(table.ids(axis="sample")))
+
+
 def load_metadata():
     frame = pd.read_csv(path("metadata.tsv"), sep="\t", index_col=0, comment=None)
     frame = frame[~frame.index.str.startswith("#")]

@@ -75,13 +75,17 @@ def main():
     parser.add_argument("--fit-with-unifrac", action="store_true",
                         help="keep the UniFrac loss as an auxiliary loss in the fits")
     parser.add_argument("--encoder-dir", default="bench/out/oral-encoder")
+    parser.add_argument("--distance", default="unifrac", choices=["unifrac", "jaccard"],
+                        help="what pretraining reproduces: oral-dev's unweighted UniFrac, or "
+                             "the Jaccard distance of ASV presence (no phylogeny)")
     parser.add_argument("--out", default="bench/out/oral_supervised.json")
     parser.add_argument("--skip", default="", help="comma list of: rf,scratch,finetune,frozen")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
 
     table, metadata = oral.load_table(), oral.load_metadata()
-    sequences, unifrac = oral.load_sequences(), oral.load_unifrac()
+    sequences = oral.load_sequences()
+    unifrac = oral.load_unifrac() if args.distance == "unifrac" else oral.jaccard(table)
     ids = [s for s in table.ids(axis="sample") if s in metadata.index]
     rng = np.random.default_rng(args.seed)
     train_idx, test_idx = split_indices(len(ids), 0.2, rng)
