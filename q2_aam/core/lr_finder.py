@@ -26,7 +26,7 @@ from .data import batch_indices
 from .losses import LossFunction
 from .model import AAMModel
 from .optim import make_optimizer
-from .train import autocast, resolve_device
+from .train import autocast, deterministic_kernels, resolve_device
 
 SMOOTHING = 0.95            # EMA weight of the past: a window of ~20 steps
 # The first steps' smoothed loss rests on a handful of batches: a lucky first batch
@@ -111,31 +111,33 @@ def lr_range_test(data, targets, task, model_cfg: ModelConfig, train_cfg: TrainC
     rows, average, best, diverged = [], 0.0, np.inf, False
     skip = steps_skipped(steps)
     batches = []
-    for step, lr in enumerate(sweep_learning_rates(min_lr, max_lr, steps)):
-        if not batches:        # a fresh shuffle of all samples each pass
-            batches = batch_indices(np.arange(len(data)), train_cfg.batch_size, rng)
-        batch = data.collate(batches.pop(0), train_cfg.nuc_mask_ratio, rng).to(device)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        with autocast(device):
-            loss = loss_fn(model(batch), batch)["loss"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.max_grad_norm)
-        optimizer.step()
-        value = loss.item()     # a host sync per step: the stop rule needs the value
-        if not np.isfinite(value):
-            diverged = True
-            break
-        average = SMOOTHING * average + (1 - SMOOTHING) * value
-        smoothed = average / (1 - SMOOTHING ** (step + 1))
-        rows.append({"step": step + 1, "learning_rate": lr, "loss": value,
-                     "smoothed_loss": smoothed})
-        if step >= skip:
-            best = min(best, smoothed)
-        if smoothed > DIVERGENCE_FACTOR * best:
-            diverged = True
-            break
+    # Deterministic on CUDA too, as train() is: the same seed, the same suggestion.
+    with deterministic_kernels(device):
+        for step, lr in enumerate(sweep_learning_rates(min_lr, max_lr, steps)):
+            if not batches:        # a fresh shuffle of all samples each pass
+                batches = batch_indices(np.arange(len(data)), train_cfg.batch_size, rng)
+            batch = data.collate(batches.pop(0), train_cfg.nuc_mask_ratio, rng).to(device)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with autocast(device):
+                loss = loss_fn(model(batch), batch)["loss"]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.max_grad_norm)
+            optimizer.step()
+            value = loss.item()     # a host sync per step: the stop rule needs the value
+            if not np.isfinite(value):
+                diverged = True
+                break
+            average = SMOOTHING * average + (1 - SMOOTHING) * value
+            smoothed = average / (1 - SMOOTHING ** (step + 1))
+            rows.append({"step": step + 1, "learning_rate": lr, "loss": value,
+                         "smoothed_loss": smoothed})
+            if step >= skip:
+                best = min(best, smoothed)
+            if smoothed > DIVERGENCE_FACTOR * best:
+                diverged = True
+                break
     if not rows:
         raise ValueError(f"The loss was not finite even at the first learning rate "
                          f"({min_lr:g}). Check the inputs for extreme values.")
