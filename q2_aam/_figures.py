@@ -117,24 +117,30 @@ def roc_curves(output_dir, stem, curves):
     save(figure, output_dir, stem)
 
 
-def learning_curves(output_dir, stem, history, panels, best_epoch):
+def learning_curves(output_dir, stem, history, panels, best_epochs):
     """One panel per name in `panels`: train/<name> and val/<name> overlaid (whichever
-    exist; 'learning_rate' is a plain column), with the best epoch marked."""
+    exist; 'learning_rate' is a plain column), with the best epoch marked. An
+    ensemble's history (a 'member' column) draws each member's curves, and
+    `best_epochs` holds one best epoch per member."""
     from matplotlib.ticker import MaxNLocator
     columns = 3 if len(panels) > 4 else 2
     rows = max(1, -(-len(panels) // columns))
     figure = new_figure(4.2 * columns, 3.2 * rows)
     if not panels:
         figure.text(0.5, 0.5, "No training history was recorded.", ha="center")
+    members = ([history] if "member" not in history
+               else [part for _, part in history.groupby("member")])
+    alpha = 1.0 if len(members) == 1 else 0.6
     for i, name in enumerate(panels):
         axes = figure.add_subplot(rows, columns, i + 1)
-        for column, label, color in _series_of(name):
-            if column in history:
-                axes.plot(history["epoch"], history[column], marker="o", markersize=3,
-                          color=color, label=label)
-        if best_epoch is not None:
-            axes.axvline(best_epoch, color=BEST_COLOR, linestyle=":",
-                         label=f"best epoch ({best_epoch})")
+        for k, part in enumerate(members):
+            for column, label, color in _series_of(name):
+                if column in part:
+                    axes.plot(part["epoch"], part[column], marker="o", markersize=3,
+                              color=color, alpha=alpha, label=label if k == 0 else None)
+        for k, best_epoch in enumerate(best_epochs):
+            axes.axvline(best_epoch, color=BEST_COLOR, linestyle=":", label=None if k else (
+                f"best epoch ({best_epoch})" if len(best_epochs) == 1 else "members' best epochs"))
         axes.set_title(plain(name.replace("_", " ")))
         axes.set_xlabel("epoch")
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))

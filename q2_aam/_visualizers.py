@@ -63,17 +63,37 @@ def confusion_matrix(output_dir: str, predictions: pd.Series,
 
 
 def summarize(output_dir: str, model: ModelBundle) -> None:
-    history, best_epoch = model.history, model.info.get("best_epoch")
+    history, best = model.history, model.info.get("best_epoch")
+    # An ensemble's history has a 'member' column and one best epoch per member.
+    best_epochs = [] if best is None else list(best) if isinstance(best, list) else [best]
+    members = ([history] if "member" not in history
+               else [part.drop(columns="member") for _, part in history.groupby("member")])
     _figures.learning_curves(output_dir, "learning_curves", history, curve_panels(history),
-                             best_epoch)
+                             best_epochs)
     history.to_csv(os.path.join(output_dir, "history.tsv"), sep="\t", index=False)
     section, notes = best_epoch_section(output_dir, model)
+    best_tables = [(f"At epoch {epoch}" if len(members) == 1 else
+                    f"Member {k + 1}, at epoch {epoch}", _best_row(part, epoch))
+                   for k, (part, epoch) in enumerate(zip(members, best_epochs))]
     _render("summarize", output_dir, task=model.task, notes=notes, section=section,
-            n_epochs=len(history), best_epoch=best_epoch,
-            best_row=_best_row(history, best_epoch),
+            trained=_training_sentence([len(part) for part in members], best_epochs),
+            best_tables=best_tables,
             model_rows=flat_items(model.model_config.to_dict()),
             info_rows=flat_items({k: v for k, v in model.info.items() if k != "best_epoch"}),
             tensorboard=write_event_files(output_dir, model.event_files))
+
+
+def _training_sentence(epochs_run, best_epochs):
+    def plural(n):
+        return f"{n} epoch{'s' if n != 1 else ''}"
+    if len(epochs_run) == 1:
+        kept = (f"; the weights kept are those of the best epoch, epoch {best_epochs[0]}"
+                if best_epochs else "")
+        return f"Trained for {plural(epochs_run[0])}{kept}."
+    return (f"An ensemble of {len(epochs_run)} members, each trained with its own seed and "
+            f"validation split, for {', '.join(map(str, epochs_run))} epochs; each keeps the "
+            f"weights of its best epoch ({', '.join(map(str, best_epochs))}) and the model "
+            "answers with their pooled prediction.")
 
 
 # --- sections shared by the visualizers -----------------------------------------------
@@ -166,6 +186,8 @@ def best_epoch_section(output_dir, model):
                            "unifrac", "True UniFrac distance", "Predicted distance",
                            what="validation sample pairs"), []
     ids = validation["sample_id"].astype(str)
+    if "member" in validation:     # an ensemble: a sample may be in several members' splits
+        ids = ids + " (member " + validation["member"].astype(str) + ")"
     if model.task == "regressor":
         rows = pd.DataFrame({"sample ID": ids, "true": validation["true"],
                              "predicted": validation["predicted"]})

@@ -668,8 +668,81 @@ def test_regression_losses_by_hand():
     assert float(losses.regression_loss(pred, target, "l1")) == pytest.approx(4 / 3)
     # Huber (delta 1): 0.5 e^2 within one unit, |e| - 0.5 beyond.
     assert float(losses.regression_loss(pred, target, "huber")) == pytest.approx(3 / 3)
-    with pytest.raises(ValueError, match="regression_loss must be one of 'mse', 'huber', 'l1'"):
+    with pytest.raises(ValueError, match="regression_loss must be one of 'mse', 'huber', 'l1', 'binned'"):
         TrainConfig(regression_loss="mae")
+
+
+def test_binned_regression_loss_by_hand():
+    centers = torch.tensor([0.0, 1.0, 3.0])
+    logits = torch.tensor([[0.0, 1.0, 2.0], [2.0, 0.0, 0.0], [0.0, 0.0, 5.0]])
+    # 0.25 splits 0.75 / 0.25 between 0 and 1; 2.0 is halfway from 1 to 3;
+    # -4 lies beyond the first center and goes to it whole.
+    targets = torch.tensor([0.25, 2.0, -4.0])
+    labels = torch.tensor([[0.75, 0.25, 0.0], [0.0, 0.5, 0.5], [1.0, 0.0, 0.0]])
+    expected = -(labels * torch.log_softmax(logits, -1)).sum(1).mean()
+    assert float(losses.binned_regression_loss(logits, targets, centers)) == pytest.approx(
+        float(expected))
+    assert (labels @ centers)[:2].tolist() == targets[:2].tolist()   # two-hot keeps the mean
+
+
+def test_binned_median_by_hand():
+    from q2_aam.core.supervised import binned_median
+    centers = np.array([10.0, 20.0, 40.0])
+    log = np.log
+    rows = np.array([[log(1e-12), 0.0, log(1e-12)],      # all on 20: exactly 20
+                     [log(0.5), log(0.5), log(1e-12)],   # CDF at 10: 0.25, at 20: 0.75
+                     [log(0.7), log(0.3), log(1e-12)],   # CDF 0.35 at 10, 0.85 at 20
+                     [log(0.1), log(0.1), log(0.8)]])    # the heavy last center
+    np.testing.assert_allclose(binned_median(rows, centers), [20.0, 15.0, 13.0, 40.0 - 20.0 * (
+        (0.6 - 0.5) / (0.6 - 0.15))], rtol=1e-6)
+
+
+def test_target_bins_are_unique_quantiles_with_shared_values_on_a_center():
+    from q2_aam.core.supervised import MAX_BINS, MIN_BINS, target_bins
+    values = np.concatenate([np.full(300, 26.0), np.linspace(18, 80, 700)])
+    centers = target_bins(values)
+    # 1000 samples: 50 quantiles, of which those inside the 300 equal values merge.
+    assert np.all(np.diff(centers) > 0) and len(centers) < 50
+    assert centers[0] == 18 and centers[-1] == 80 and 26.0 in centers
+    assert len(target_bins(np.arange(10.0))) == MIN_BINS
+    assert len(target_bins(np.arange(10000.0))) == MAX_BINS
+    with pytest.raises(ValueError, match="at least two distinct target values"):
+        target_bins(np.full(10, 3.0))
+
+
+def test_member_seeds_keep_the_first_and_share_none_across_seeds():
+    from q2_aam.core.supervised import member_seeds
+    assert member_seeds(7, 1) == [7]
+    first, second = member_seeds(0, 4), member_seeds(1, 4)
+    assert first[0] == 0 and second[0] == 1 and len(set(first)) == 4
+    assert not set(first) & set(second)
+    assert member_seeds(0, 4) == first
+
+
+def test_ensemble_pools_members(data):
+    from q2_aam.core.model import Ensemble, build_model
+    batch = data.collate(np.arange(4))
+    torch.manual_seed(0)
+    for task, n_outputs in (("classifier", 3), ("regressor", 5), ("regressor", 1)):
+        cfg = ModelConfig(embedding_dim=16, attention_heads=2, attention_layers=1, task=task,
+                          n_outputs=n_outputs, ensemble_size=3)
+        ensemble = build_model(cfg).eval()
+        assert isinstance(ensemble, Ensemble) and len(ensemble.members) == 3
+        assert isinstance(build_model(ModelConfig(**{**cfg.to_dict(), "ensemble_size": 1})),
+                          AAMModel)
+        with torch.no_grad():
+            for member in ensemble.members:      # members that answer differently
+                member.target_head[1].weight.normal_()
+            outs = [member(batch) for member in ensemble.members]
+            pooled = ensemble(batch)
+        targets = torch.stack([o["target"] for o in outs])
+        if n_outputs > 1:    # classes or target bins: the mean of the probabilities
+            expected = torch.softmax(targets, -1).mean(0)
+            torch.testing.assert_close(torch.softmax(pooled["target"], -1), expected)
+        else:
+            torch.testing.assert_close(pooled["target"], targets.mean(0))
+        torch.testing.assert_close(pooled["sample_embeddings"],
+                                   torch.cat([o["sample_embeddings"] for o in outs], -1))
 
 
 def test_asv_whitening_by_hand(bundle, data):

@@ -130,6 +130,31 @@ def test_regressor_beats_the_mean_predictor_on_held_out_samples(big, regressor_p
     assert mae < 0.6 * mean_predictor_mae, (mae, mean_predictor_mae)
 
 
+def test_binned_ensemble_regressor_learns_and_stores_its_members(aam, big):
+    """Two members with the 'binned' loss, stored as one model: their pooled
+    prediction beats the mean predictor on held-out samples and lies within the
+    training targets' range; each member keeps its own history, best epoch and
+    validation predictions, and its own weights."""
+    model, = aam.methods.fit_regressor(table=big.train, sequences=big.sequences,
+                                       metadata=big.metadata.get_column("age"),
+                                       regression_loss="binned", ensemble_size=2, **GOOD_MODEL)
+    fitted = bundle(model)
+    assert fitted.model_config.ensemble_size == 2 and len(fitted.info["best_epoch"]) == 2
+    bins = fitted.info["target_bins"]
+    train_ages = big.age[big.train_ids]
+    assert train_ages.min() <= bins[0] < bins[-1] <= train_ages.max()
+    assert set(fitted.history["member"]) == {1, 2} and set(fitted.validation["member"]) == {1, 2}
+    heads = [fitted.state_dict[f"members.{k}.target_head.1.weight"] for k in (0, 1)]
+    assert heads[0].shape[0] == len(bins) and not np.allclose(heads[0], heads[1])
+    predictions, = aam.methods.predict(model=model, table=big.test, sequences=big.sequences)
+    predicted = series(predictions)
+    truth = big.age[predicted.index]
+    mae = np.abs(predicted - truth).mean()
+    mean_predictor_mae = np.abs(truth - big.age[big.train_ids].mean()).mean()
+    assert mae < 0.6 * mean_predictor_mae, (mae, mean_predictor_mae)
+    assert predicted.between(bins[0], bins[-1]).all()
+
+
 def test_classifier_beats_the_majority_baseline_on_held_out_samples(big, classifier_outputs):
     predicted = series(classifier_outputs[0])
     assert sorted(predicted.index) == big.test_ids

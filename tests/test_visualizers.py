@@ -219,7 +219,7 @@ def test_confusion_matrix_rejects_a_single_class(aam):
 # --- summarize ------------------------------------------------------------------------
 
 
-def hand_made_bundle(task):
+def hand_made_bundle(task, members=1):
     history = pd.DataFrame({"epoch": [1, 2, 3], "learning_rate": [1e-4, 3e-4, 1e-4],
                             "seconds": [1.0, 1.0, 1.0],
                             "train/loss": [3.0, 2.0, 1.5], "val/loss": [3.2, 2.1, 2.4],
@@ -236,8 +236,12 @@ def hand_made_bundle(task):
                                    "predicted": ["x", "y", "y", "y"],
                                    "prob:x": [0.9, 0.4, 0.2, 0.3],
                                    "prob:y": [0.1, 0.6, 0.8, 0.7]})
+    if members > 1:     # an ensemble's: each member's rows, numbered
+        history = pd.concat([history.assign(member=k + 1) for k in range(members)])
+        validation = pd.concat([validation.assign(member=k + 1) for k in range(members)])
+        info["best_epoch"] = [2 + k for k in range(members)]
     config = ModelConfig(embedding_dim=16, attention_heads=2, attention_layers=1, task=task,
-                         n_outputs=1 if task == "regressor" else 2)
+                         n_outputs=1 if task == "regressor" else 2, ensemble_size=members)
     return ModelBundle(config, state_dict={}, history=history, info=info,
                        validation=validation,
                        event_files={"run/events.out.tfevents.1": b"not really events"})
@@ -253,6 +257,8 @@ def summaries(aam, tmp_path_factory):
     for task in ("regressor", "classifier"):
         models[task] = qiime2.Artifact.import_data(f"AAMModel[{task.capitalize()}]",
                                                    hand_made_bundle(task))
+    models["ensemble"] = qiime2.Artifact.import_data("AAMModel[Classifier]",
+                                                     hand_made_bundle("classifier", members=2))
     root = tmp_path_factory.mktemp("viz")
     return {task: exported(aam.visualizers.summarize(model=model)[0], root, f"summary-{task}")
             for task, model in models.items()}
@@ -273,7 +279,7 @@ def test_summarize_encoder(summaries):
 def test_summarize_regressor(summaries):
     directory = summaries["regressor"]
     html = (directory / "index.html").read_text()
-    assert "epoch 2</strong>" in html
+    assert "the weights kept are those of the best epoch, epoch 2." in html
     assert "<td>0.75</td>" in html and "<td>0.4</td>" in html   # MAE and R^2 by hand
     assert EVIL_ID not in html
     with zipfile.ZipFile(directory / "tensorboard.zip") as archive:
@@ -289,6 +295,18 @@ def test_summarize_classifier(summaries):
     html = (directory / "index.html").read_text()
     assert "<td>0.75</td>" in html       # accuracy: 3 of 4
     assert EVIL_ID not in html
+
+
+def test_summarize_ensemble(summaries):
+    """Each member's curves, best epoch and validation samples (a sample in two
+    members' validation splits counts twice)."""
+    directory = summaries["ensemble"]
+    html = (directory / "index.html").read_text()
+    assert "An ensemble of 2 members" in html and "best epoch (2, 3)" in html
+    assert "Member 1, at epoch 2" in html and "Member 2, at epoch 3" in html
+    assert "<td>0.75</td>" in html       # accuracy: 6 of 8
+    per_sample = pd.read_csv(directory / "per_sample.tsv", sep="\t")
+    assert len(per_sample) == 8 and per_sample.iloc[:, 0].str.endswith("(member 2)").sum() == 4
 
 
 @pytest.mark.parametrize("task", ["encoder", "regressor", "classifier"])

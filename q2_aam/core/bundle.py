@@ -38,8 +38,8 @@ class ModelBundle:
         return self.model_config.task
 
     def build_model(self):
-        from .model import AAMModel
-        model = AAMModel(self.model_config)
+        from .model import build_model
+        model = build_model(self.model_config)
         # Models saved before the ASV whitening existed lack its buffers; their
         # identity default is exactly how those models ran.
         missing, unexpected = model.load_state_dict(self.state_dict, strict=False)

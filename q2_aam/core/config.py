@@ -4,7 +4,7 @@ from dataclasses import asdict, dataclass, fields
 TASKS = ("encoder", "regressor", "classifier")
 # Defined here (no torch) so that the plugin can offer them as choices; built in optim.py.
 OPTIMIZERS = ("adamw", "adam", "sgd", "lion")
-REGRESSION_LOSSES = ("mse", "huber", "l1")
+REGRESSION_LOSSES = ("mse", "huber", "l1", "binned")
 MAX_KMER_SIZE = 8     # a table of 4**8 k-mers; longer ones would mostly be unique
 SCHEDULERS = ("warmup_cosine", "cosine", "plateau", "onecycle", "constant")
 
@@ -24,6 +24,8 @@ class ModelConfig:
     # Length of the k-mers whose learned embeddings are added to each ASV's
     # (model.KmerBag); 0: none.
     kmer_size: int = 0
+    # Supervised models: independently fitted members answering as one (model.Ensemble).
+    ensemble_size: int = 1
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -33,7 +35,7 @@ class ModelConfig:
                 f"embedding_dim ({self.embedding_dim}) must be divisible by "
                 f"attention_heads ({self.attention_heads}).")
         for name in ("embedding_dim", "attention_heads", "attention_layers",
-                     "max_bp", "asv_limit"):
+                     "max_bp", "asv_limit", "ensemble_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}.")
         if not 0 <= self.kmer_size <= MAX_KMER_SIZE:

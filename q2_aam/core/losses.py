@@ -37,6 +37,21 @@ def regression_loss(pred, target, kind="mse"):
     return F.mse_loss(pred, target)
 
 
+def binned_regression_loss(logits, target, centers):
+    """Cross-entropy of the predicted distribution over bin `centers` (sorted,
+    standardized units) against a two-hot label: each target's mass is split
+    between the two centers around it so that their weighted mean is the target
+    (targets beyond the outer centers go to those)."""
+    target = target.float().clamp(centers[0], centers[-1])
+    upper = torch.searchsorted(centers, target).clamp(1, len(centers) - 1)
+    lower = upper - 1
+    share = ((target - centers[lower]) / (centers[upper] - centers[lower])).clamp(0, 1)
+    label = torch.zeros(len(target), len(centers), device=logits.device)
+    label.scatter_(1, lower[:, None], (1 - share)[:, None])
+    label.scatter_add_(1, upper[:, None], share[:, None])
+    return F.cross_entropy(logits.float(), label)
+
+
 def classification_loss(logits, target, class_weights=None):
     return F.cross_entropy(logits.float(), target, weight=class_weights)
 
@@ -46,7 +61,7 @@ class LossFunction:
 
     def __init__(self, task, nuc_penalty=1.0, unifrac_penalty=1.0, faith_pd_penalty=1.0,
                  target_penalty=1.0, zero_distance_weight=1.0, class_weights=None,
-                 regression_loss="mse"):
+                 regression_loss="mse", bin_centers=None):
         if not zero_distance_weight >= 0:
             raise ValueError("zero_distance_weight must be non-negative (0 leaves zero-distance "
                              f"pairs out of the UniFrac loss); got {zero_distance_weight!r}.")
@@ -56,6 +71,7 @@ class LossFunction:
         self.zero_distance_weight = zero_distance_weight
         self.class_weights = class_weights
         self.regression_loss = regression_loss
+        self.bin_centers = bin_centers      # the 'binned' regression loss's, standardized
 
     def __call__(self, out, batch):
         losses = {}
@@ -67,7 +83,10 @@ class LossFunction:
         if "faith_pd" in out and batch.faith_pd is not None:
             losses["faith_pd_loss"] = F.mse_loss(out["faith_pd"].float(), batch.faith_pd)
         if "target" in out and batch.targets is not None:
-            if self.task == "regressor":
+            if self.task == "regressor" and self.bin_centers is not None:
+                losses["target_loss"] = binned_regression_loss(
+                    out["target"], batch.targets, self.bin_centers.to(out["target"].device))
+            elif self.task == "regressor":
                 losses["target_loss"] = regression_loss(out["target"], batch.targets,
                                                           self.regression_loss)
             else:

@@ -4,6 +4,8 @@ Shapes: U distinct ASVs in a batch, T tokens per ASV, B samples, N ASV slots per
 sample (padded to the largest sample of the batch), D embedding size.
 """
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -206,6 +208,39 @@ class AAMModel(nn.Module):
         return out
 
 
+class Ensemble(nn.Module):
+    """`cfg.ensemble_size` AAMModels fitted independently (each its own seed and
+    validation split), answering as one.
+
+    Probabilities (of classes, or of a binned regression's target bins) are
+    averaged: the prediction is the members' mixture. Scalar regressions are
+    averaged. Embeddings are concatenated, since members' spaces need not align.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.members = nn.ModuleList(AAMModel(cfg) for _ in range(cfg.ensemble_size))
+
+    def forward(self, batch):
+        outs = [member(batch) for member in self.members]
+        out = {key: torch.cat([o[key] for o in outs], -1)
+               for key in ("sample_embeddings", "distance_embeddings")}
+        targets = torch.stack([o["target"] for o in outs])
+        if self.cfg.task == "classifier" or self.cfg.n_outputs > 1:
+            # Log of the mean probability: decoding takes a softmax of it.
+            out["target"] = (torch.logsumexp(torch.log_softmax(targets, -1), 0)
+                             - math.log(len(outs)))
+        else:
+            out["target"] = targets.mean(0)
+        return out
+
+
+def build_model(cfg: ModelConfig):
+    """The model a configuration describes: one AAMModel, or an Ensemble of them."""
+    return Ensemble(cfg) if cfg.ensemble_size > 1 else AAMModel(cfg)
+
+
 def predicted_distance(distance_embeddings):
     """Bounded, smooth map from embedding distance to a UniFrac-like value.
 
@@ -236,4 +271,4 @@ def count_parameters(model):
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["AAMModel", "predicted_distance", "count_parameters"]
+__all__ = ["AAMModel", "Ensemble", "build_model", "predicted_distance", "count_parameters"]
