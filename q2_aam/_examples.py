@@ -65,19 +65,26 @@ def _inputs(use):
             use.init_artifact("sequences", sequences_factory))
 
 
-def _fit(use, kind, column):
+def _fit(use, kind, column, name=None, **options):
     table, sequences = _inputs(use)
     metadata = use.init_metadata("metadata", metadata_factory)
     target = use.get_metadata_column(column, column, metadata)
     model, = use.action(
         use.UsageAction(plugin_id="aam", action_id=f"fit_{kind}"),
-        use.UsageInputs(table=table, sequences=sequences, metadata=target, **TINY_MODEL),
-        use.UsageOutputNames(model=kind))
+        use.UsageInputs(table=table, sequences=sequences, metadata=target, **TINY_MODEL,
+                        **options),
+        use.UsageOutputNames(model=name or kind))
     return model, table, sequences
 
 
 def fit_regressor_example(use):
     _fit(use, "regressor", "age")
+
+
+def fit_regressor_ensemble_example(use):
+    # The binned loss and an ensemble: slower, and on large real data more accurate.
+    _fit(use, "regressor", "age", name="ensemble_regressor", regression_loss="binned",
+         ensemble_size=2)
 
 
 def fit_classifier_example(use):

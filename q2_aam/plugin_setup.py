@@ -216,10 +216,15 @@ REGRESSION_LOSS = {"regression_loss": Str % Choices(["auto", *REGRESSION_LOSSES]
 REGRESSION_LOSS_DESCRIPTION = {
     "regression_loss": "Loss on the standardized target: 'l1' (absolute error, fits the "
                        "conditional median), 'huber' (squared within one standard deviation, "
-                       "absolute beyond) or 'mse' (squared error). 'auto' (the default) takes "
-                       "'l1' with a pretrained_encoder and 'mse' without one: with a pretrained "
-                       "encoder 'l1' gave a clearly lower held-out MAE on real data, while from "
-                       "scratch it stayed at the median for tens of epochs (see BENCHMARKS.md)."}
+                       "absolute beyond), 'mse' (squared error) or 'binned' (the model "
+                       "predicts a distribution over quantile bins of the training targets, "
+                       "learned by cross-entropy, and answers with its median; on real data "
+                       "with ~1500 training samples it lowered the held-out age error, on 160 "
+                       "simulated samples it learned more slowly than 'l1'). 'auto' (the "
+                       "default) takes 'l1' with a pretrained_encoder and 'mse' without one: "
+                       "with a pretrained encoder 'l1' gave a clearly lower held-out MAE on "
+                       "real data, while from scratch it stayed at the median for tens of "
+                       "epochs (see BENCHMARKS.md)."}
 FIT_CITATIONS = [citations["vaswani2017attention"], citations["loshchilov2019adamw"],
                  citations["chen2023symbolic"]]
 
@@ -238,7 +243,8 @@ plugin.methods.register_function(
                  "sample. Targets are standardized with training-split statistics; predictions "
                  "come back in the column's units."),
     citations=FIT_CITATIONS,
-    examples={"fit_regressor": _examples.fit_regressor_example},
+    examples={"fit_regressor": _examples.fit_regressor_example,
+              "fit_regressor_ensemble": _examples.fit_regressor_ensemble_example},
 )
 plugin.methods.register_function(
     function=fit_classifier,

@@ -587,7 +587,8 @@ def test_fit_regressor_cli_names_missing_samples_and_writes_nothing(small, tmp_p
 
 
 @pytest.mark.parametrize("kind, action, outputs", [
-    ("methods", "fit_regressor", {"regressor": "AAMModel[Regressor]"}),
+    ("methods", "fit_regressor", {"regressor": "AAMModel[Regressor]",
+                                  "ensemble_regressor": "AAMModel[Regressor]"}),
     ("methods", "fit_classifier", {"classifier": "AAMModel[Classifier]"}),
     ("methods", "predict", {"predictions": "SampleData[RegressorPredictions]"}),
     ("methods", "predict_probabilities", {"probabilities": "SampleData[Probabilities]"}),
@@ -605,9 +606,10 @@ def test_usage_examples_run(aam, kind, action, outputs):
     from qiime2.sdk.usage import ExecutionUsage
     examples = getattr(getattr(aam, kind), action).examples
     assert examples
-    use = ExecutionUsage()
-    for example in examples.values():
+    rendered = {}
+    for example in examples.values():      # each example stands alone
+        use = ExecutionUsage()
         example(use)
-    rendered = use.render()
+        rendered.update(use.render())
     for name, type_ in outputs.items():
         assert str(rendered[name].execute().type) == type_
