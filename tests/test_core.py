@@ -745,6 +745,41 @@ def test_ensemble_pools_members(data):
                                    torch.cat([o["sample_embeddings"] for o in outs], -1))
 
 
+def test_ensemble_encodes_shared_asvs_once_with_the_same_outputs(data, monkeypatch):
+    """Members fitted on one frozen encoder: the ensemble embeds each batch's
+    ASVs once, not once per member, and answers exactly as before."""
+    from q2_aam.core.model import build_model
+    cfg = ModelConfig(embedding_dim=16, attention_heads=2, attention_layers=1,
+                      task="regressor", n_outputs=1, ensemble_size=3, kmer_size=3)
+    torch.manual_seed(0)
+    state = build_model(cfg).state_dict()
+    for k in (1, 2):      # every member gets the first member's ASV encoder and whitening
+        for name in [n for n in state if n.startswith("members.0.asv_")]:
+            state[name.replace("members.0.", f"members.{k}.")] = state[name].clone()
+    shared = build_model(cfg)
+    shared.load_state_dict(state)
+    separate = build_model(cfg)
+    separate.load_state_dict(state)
+    separate.shared_asv_encoder = False
+    assert shared.shared_asv_encoder
+    calls = []
+    original = AAMModel.encode_asvs
+    monkeypatch.setattr(AAMModel, "encode_asvs",
+                        lambda self, tokens: calls.append(1) or original(self, tokens))
+    batch = data.collate(np.arange(6))
+    with torch.no_grad():
+        out_shared = shared.eval()(batch)
+        assert len(calls) == 1
+        out_separate = separate.eval()(batch)
+        assert len(calls) == 1 + 3
+    for key in ("target", "sample_embeddings"):
+        torch.testing.assert_close(out_shared[key], out_separate[key], rtol=0, atol=0)
+    state["members.2.asv_encoder.ln.weight"] += 0.1     # one member's encoder differs
+    differing = build_model(cfg)
+    differing.load_state_dict(state)
+    assert not differing.shared_asv_encoder
+
+
 def test_asv_whitening_by_hand(bundle, data):
     from q2_aam.core.supervised import embed_all_asvs, whiten_asv_embeddings
     model = bundle.build_model()

@@ -144,6 +144,7 @@ def test_binned_ensemble_regressor_learns_and_stores_its_members(aam, big):
     train_ages = big.age[big.train_ids]
     assert train_ages.min() <= bins[0] < bins[-1] <= train_ages.max()
     assert set(fitted.history["member"]) == {1, 2} and set(fitted.validation["member"]) == {1, 2}
+    assert not fitted.build_model().shared_asv_encoder     # each member learned its own
     heads = [fitted.state_dict[f"members.{k}.target_head.1.weight"] for k in (0, 1)]
     assert heads[0].shape[0] == len(bins) and not np.allclose(heads[0], heads[1])
     predictions, = aam.methods.predict(model=model, table=big.test, sequences=big.sequences)
@@ -266,6 +267,15 @@ def test_frozen_encoder_keeps_the_encoder_weights(aam, small, tiny_encoder):
                for k in sample_keys)
     predicted, = aam.methods.predict(model=model, table=small.table, sequences=small.sequences)
     assert len(series(predicted)) == len(small.ids)
+
+
+def test_frozen_ensemble_members_share_the_asv_encoder(aam, small, tiny_encoder):
+    model, = aam.methods.fit_regressor(
+        table=small.table, sequences=small.sequences, metadata=small.metadata.get_column("age"),
+        pretrained_encoder=tiny_encoder, freeze_encoder=True, ensemble_size=2, **TINY)
+    assert bundle(model).build_model().shared_asv_encoder
+    predicted, = aam.methods.predict(model=model, table=small.table, sequences=small.sequences)
+    assert series(predicted).notna().all() and len(series(predicted)) == len(small.ids)
 
 
 def test_pretrained_fits_set_asv_whitening_and_l1_loss(aam, small, tiny_encoder, regressor):

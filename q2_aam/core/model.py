@@ -5,6 +5,7 @@ sample (padded to the largest sample of the batch), D embedding size.
 """
 
 import math
+from dataclasses import replace
 
 import torch
 import torch.nn as nn
@@ -221,8 +222,21 @@ class Ensemble(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.members = nn.ModuleList(AAMModel(cfg) for _ in range(cfg.ensemble_size))
+        # Members fitted on one frozen encoder share its ASV embeddings; they are
+        # then computed once per batch, not once per member. Set on loading.
+        self.shared_asv_encoder = False
+
+    def load_state_dict(self, state_dict, strict=True, assign=False):
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        first = self.members[0]
+        self.shared_asv_encoder = all(
+            torch.equal(a, b) for member in self.members[1:]
+            for a, b in zip(_asv_encoding_tensors(first), _asv_encoding_tensors(member)))
+        return result
 
     def forward(self, batch):
+        if self.shared_asv_encoder and batch.asv_embeddings is None:
+            batch = replace(batch, asv_embeddings=self.members[0].encode_asvs(batch.tokens)[0])
         outs = [member(batch) for member in self.members]
         out = {key: torch.cat([o[key] for o in outs], -1)
                for key in ("sample_embeddings", "distance_embeddings")}
@@ -234,6 +248,11 @@ class Ensemble(nn.Module):
         else:
             out["target"] = targets.mean(0)
         return out
+
+
+def _asv_encoding_tensors(model):
+    """What a member's ASV embeddings are computed from."""
+    return [*model.asv_encoder.state_dict().values(), model.asv_center, model.asv_whitening]
 
 
 def build_model(cfg: ModelConfig):
