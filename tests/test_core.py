@@ -683,6 +683,8 @@ def test_binned_regression_loss_by_hand():
     assert float(losses.binned_regression_loss(logits, targets, centers)) == pytest.approx(
         float(expected))
     assert (labels @ centers)[:2].tolist() == targets[:2].tolist()   # two-hot keeps the mean
+    with pytest.raises(ValueError, match="needs bin_centers"):
+        LossFunction("regressor", regression_loss="binned")
 
 
 def test_binned_median_by_hand():

@@ -65,6 +65,9 @@ class LossFunction:
         if not zero_distance_weight >= 0:
             raise ValueError("zero_distance_weight must be non-negative (0 leaves zero-distance "
                              f"pairs out of the UniFrac loss); got {zero_distance_weight!r}.")
+        if task == "regressor" and (regression_loss == "binned") != (bin_centers is not None):
+            raise ValueError("The 'binned' regression loss needs bin_centers, and bin_centers "
+                             "go with the 'binned' loss only.")
         self.task = task
         self.penalties = {"unifrac_loss": unifrac_penalty, "nuc_loss": nuc_penalty,
                           "faith_pd_loss": faith_pd_penalty, "target_loss": target_penalty}
