@@ -721,43 +721,6 @@ def test_member_seeds_keep_the_first_and_share_none_across_seeds():
     assert member_seeds(0, 4) == first
 
 
-def test_bootstrap_resample_draws_with_replacement_from_the_training_part():
-    from q2_aam.core.supervised import bootstrap_resample
-    train_idx = np.arange(100, 400)
-    drawn = bootstrap_resample(train_idx, 5)
-    assert len(drawn) == 300 and np.all(np.diff(drawn) >= 0)
-    assert set(drawn) <= set(train_idx)
-    # ~63% distinct (1 - 1/e), so some samples come twice
-    assert 0.55 < len(np.unique(drawn)) / 300 < 0.72
-    np.testing.assert_array_equal(drawn, bootstrap_resample(train_idx, 5))
-    assert not np.array_equal(drawn, bootstrap_resample(train_idx, 6))
-
-
-def test_bootstrapped_members_train_on_resamples(sim, monkeypatch):
-    from q2_aam.core import supervised
-    seen = []
-    real_train = supervised.train
-
-    def recording_train(model, data, train_idx, val_idx, *args, **kwargs):
-        seen.append((np.array(train_idx), np.array(val_idx)))
-        return real_train(model, data, train_idx, val_idx, *args, **kwargs)
-    monkeypatch.setattr(supervised, "train", recording_train)
-    data = make_sample_set(sim)
-    targets = sim.metadata["age"].to_numpy(dtype=float)
-    cfg = ModelConfig(embedding_dim=16, attention_heads=2, attention_layers=1, ensemble_size=2)
-    plain = supervised.fit(data, targets, "regressor", cfg, tiny_train_config(epochs=1),
-                           log=quiet)
-    bagged = supervised.fit(data, targets, "regressor", cfg,
-                            tiny_train_config(epochs=1, bootstrap=True), log=quiet)
-    (plain1, val1), (plain2, val2), (bag1, bval1), (bag2, bval2) = seen
-    np.testing.assert_array_equal(val1, bval1)          # validation splits unchanged
-    np.testing.assert_array_equal(val2, bval2)
-    for plain_idx, bag_idx in ((plain1, bag1), (plain2, bag2)):
-        assert len(bag_idx) == len(plain_idx) and set(bag_idx) < set(plain_idx)
-    # the target scaling still comes from the first member's whole training part
-    assert bagged.info["target_scaling"] == plain.info["target_scaling"]
-
-
 def test_ensemble_pools_members(data):
     from q2_aam.core.model import Ensemble, build_model
     batch = data.collate(np.arange(4))

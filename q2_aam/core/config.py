@@ -69,10 +69,6 @@ class TrainConfig:
     # a regularizer against memorizing single ASVs (not for pretraining, whose
     # UniFrac targets describe the whole sample).
     asv_dropout: float = 0.0
-    # Each fit (each ensemble member) trains on a bootstrap resample of its
-    # training part: members then disagree on what they could memorize, and
-    # their pooled prediction leans less on look-alike training samples.
-    bootstrap: bool = False
     nuc_penalty: float = 1.0
     unifrac_penalty: float = 1.0
     faith_pd_penalty: float = 1.0

@@ -117,13 +117,6 @@ def member_seeds(random_seed, ensemble_size):
                             for k in range(1, ensemble_size)]
 
 
-def bootstrap_resample(train_idx, seed):
-    """As many samples as `train_idx` holds, drawn from it with replacement
-    (sorted; a sample drawn twice counts twice in every epoch)."""
-    rng = np.random.default_rng([seed, 3])
-    return np.sort(rng.choice(train_idx, len(train_idx), replace=True))
-
-
 def fit(data, targets, task, model_cfg: ModelConfig, train_cfg: TrainConfig, encoder=None,
         freeze_encoder=False, class_weights="none", zero_distance_weight=1.0, log=None):
     """Fit a regressor (float targets) or classifier (string labels) on `data`.
@@ -156,13 +149,9 @@ def fit(data, targets, task, model_cfg: ModelConfig, train_cfg: TrainConfig, enc
         n_outputs = len(classes)
     splits = [split_indices(len(data), train_cfg.validation_fraction,
                             np.random.default_rng([seed, 2]), strata=strata) for seed in seeds]
-    scaling_idx = splits[0][0]
-    if train_cfg.bootstrap:
-        splits = [(bootstrap_resample(train_idx, seed), val_idx)
-                  for seed, (train_idx, val_idx) in zip(seeds, splits)]
     bin_centers = None
     if task == "regressor":
-        values, first_train = np.asarray(targets, dtype=np.float64), scaling_idx
+        values, first_train = np.asarray(targets, dtype=np.float64), splits[0][0]
         mean, std = float(values[first_train].mean()), float(values[first_train].std())
         std = std if std > 0 else 1.0
         info["target_scaling"] = {"mean": mean, "std": std}
