@@ -202,8 +202,8 @@ FIT_PARAMETER_DESCRIPTIONS = {
                      "answers with their pooled prediction (class or binned-target "
                      "probabilities averaged, other regressions averaged). Training takes "
                      "that many times longer. On real data, pooling 10 binned regressors "
-                     "lowered the held-out age error of single fits by 0.03-0.2 years on "
-                     "the two splits where both were measured (see BENCHMARKS.md).",
+                     "lowered the held-out age error of single fits by 0.03-0.37 years on "
+                     "three splits of four, not on the fourth (see BENCHMARKS.md).",
     "missing_samples": "'error' if table samples are missing from the metadata; 'ignore' to "
                        "train on the samples that have metadata.",
     "nuc_mask_ratio": "Fraction of bases masked for an auxiliary masked-nucleotide loss; 0 "
@@ -220,7 +220,8 @@ REGRESSION_LOSS_DESCRIPTION = {
                        "absolute beyond), 'mse' (squared error) or 'binned' (the model "
                        "predicts a distribution over quantile bins of the training targets, "
                        "learned by cross-entropy, and answers with its median; on real data "
-                       "with ~1500 training samples it lowered the held-out age error, on 160 "
+                       "with ~1500 training samples it lowered the held-out age error on all "
+                       "four splits tried, on 160 "
                        "simulated samples it learned more slowly than 'l1'). 'auto' (the "
                        "default) takes 'l1' with a pretrained_encoder and 'mse' without one: "
                        "with a pretrained encoder 'l1' gave a clearly lower held-out MAE on "
