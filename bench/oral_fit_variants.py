@@ -123,8 +123,9 @@ def main():
                    else [part for _, part in history.groupby("member")])
         bests = pd.DataFrame([part.loc[part["epoch"] == epoch].iloc[0]
                               for part, epoch in zip(members, best_epochs)])
-        report.update(name=name, split_seed=args.seed, variant=variant, kmer_size=fit_cfg.kmer_size,
-                      ensemble_size=fit_cfg.ensemble_size, freeze=freeze, whiten=whiten, ridge=ridge,
+        report.update(name=name, split_seed=args.seed, variant=variant,
+                      kmer_size=fit_cfg.kmer_size, ensemble_size=fit_cfg.ensemble_size,
+                      freeze=freeze, whiten=whiten, ridge=ridge,
                       seconds=round(seconds, 1),
                       best_epoch=best_epochs if len(best_epochs) > 1 else best_epochs[0],
                       epochs_run=[int(part["epoch"].max()) for part in members],
