@@ -8,7 +8,7 @@ Each variant is a dict of TrainConfig fields plus: name (required), freeze
 (default true: frozen encoder), unifrac (keep the UniFrac loss as auxiliary),
 class_weights (classifier), whiten (default true; false is an ablation that
 leaves the ASV whitening at identity), ridge (the whitening's ridge, default
-1e-3), ensemble_size (default 1), kmer_size (the fit's k-mer embeddings, default 0 here: the plugin's
+1e-3), ensemble_size (default 1), lookup_neighbours (default 0: off), kmer_size (the fit's k-mer embeddings, default 0 here: the plugin's
 default is 6) and dropout (default 0). asv_dropout, a TrainConfig field, also
 defaults to 0 here (the plugin's fits default to 0.5), so the earlier commands
 in BENCHMARKS.md keep their meaning. Every fit starts from the pretrained
@@ -89,6 +89,7 @@ def main():
         class_weights = variant.pop("class_weights", "none")
         whiten = variant.pop("whiten", True)
         ridge = variant.pop("ridge", 1e-3)
+        lookup_neighbours = variant.pop("lookup_neighbours", 0)
         fit_cfg = ModelConfig.from_dict({**cfg.to_dict(), "kmer_size": variant.pop("kmer_size", 0),
                                          "dropout": variant.pop("dropout", 0.0),
                                          "ensemble_size": variant.pop("ensemble_size", 1)})
@@ -100,7 +101,8 @@ def main():
                                    "unifrac_penalty": 1.0 if train_data.distances is not None
                                    else 0.0})
         start = time.perf_counter()
-        extra = {} if args.task == "age" else {"class_weights": class_weights}
+        extra = ({"lookup_neighbours": lookup_neighbours} if args.task == "age"
+                 else {"class_weights": class_weights})
         supervised.whiten_asv_embeddings = (functools.partial(WHITEN, ridge=ridge) if whiten
                                             else _identity_whitening)
         bundle = fit(train_data, target[train_data.sample_ids].to_numpy(),
@@ -126,6 +128,7 @@ def main():
         report.update(name=name, split_seed=args.seed, variant=variant,
                       kmer_size=fit_cfg.kmer_size, ensemble_size=fit_cfg.ensemble_size,
                       freeze=freeze, whiten=whiten, ridge=ridge,
+                      neighbour_lookup=bundle.info.get("neighbour_lookup"),
                       seconds=round(seconds, 1),
                       best_epoch=best_epochs if len(best_epochs) > 1 else best_epochs[0],
                       epochs_run=[int(part["epoch"].max()) for part in members],

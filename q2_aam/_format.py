@@ -51,6 +51,7 @@ class AAMModelDirectoryFormat(model.DirectoryFormat):
     weights = model.File("model.safetensors", format=SafetensorsFormat)
     history = model.File("history.tsv", format=TrainingTableFormat)
     validation = model.File("validation.tsv", format=TrainingTableFormat, optional=True)
+    lookup = model.File("lookup.safetensors", format=SafetensorsFormat, optional=True)
     events = model.FileCollection(r"tensorboard/.+", format=TensorBoardEventFormat, optional=True)
 
     @events.set_path_maker

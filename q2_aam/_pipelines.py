@@ -39,7 +39,8 @@ def _split(ctx, table, metadata, test_size, random_seed, missing_samples, strati
 # signature, and each parameter passes through to the fit unchanged.
 def regress_samples(ctx, table, sequences, metadata, pretrained_encoder=None,
                     distance_matrix=None, test_size=0.2, freeze_encoder=False,
-                    missing_samples="error", regression_loss="auto", kmer_size=6,
+                    missing_samples="error", regression_loss="auto", lookup_neighbours=3,
+                    kmer_size=6,
                     asv_dropout=0.5, ensemble_size=1, embedding_dim=128,
                     attention_heads=4, attention_layers=4, max_bp=150, asv_limit=1024,
                     batch_size=32, epochs=100, learning_rate=3e-4, weight_decay=0.01,

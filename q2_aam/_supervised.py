@@ -53,6 +53,7 @@ def _fit(task, table, sequences, metadata, pretrained_encoder, distance_matrix, 
     arch = {k: params.pop(k) for k in arch_names}
     zero_distance_weight = params.pop("zero_distance_weight")
     kmer_size, ensemble_size = params.pop("kmer_size"), params.pop("ensemble_size")
+    lookup_neighbours = params.pop("lookup_neighbours", 0)
     if params.get("regression_loss") == "auto":
         # Measured: with a pretrained encoder 'l1' gave a clearly lower held-out
         # MAE than 'mse' on real data; from scratch, 'l1' sat at the median for
@@ -77,7 +78,8 @@ def _fit(task, table, sequences, metadata, pretrained_encoder, distance_matrix, 
     log(f"Fitting a {task} of '{metadata.name}' on {len(data)} samples.")
     return fit(data, values, task, model_cfg, train_cfg, encoder=pretrained_encoder,
                freeze_encoder=freeze_encoder, class_weights=class_weights,
-               zero_distance_weight=zero_distance_weight, log=log)
+               zero_distance_weight=zero_distance_weight,
+               lookup_neighbours=lookup_neighbours, log=log)
 
 
 def _check_classes(labels, validation_fraction):
@@ -97,7 +99,7 @@ def fit_regressor(table: biom.Table, sequences: pd.Series, metadata: qiime2.Nume
                   pretrained_encoder: ModelBundle = None,
                   distance_matrix: skbio.DistanceMatrix = None, freeze_encoder: bool = False,
                   missing_samples: str = "error", regression_loss: str = "auto",
-                  kmer_size: int = 6, asv_dropout: float = 0.5, ensemble_size: int = 1,
+                  lookup_neighbours: int = 3, kmer_size: int = 6, asv_dropout: float = 0.5, ensemble_size: int = 1,
                   embedding_dim: int = 128, attention_heads: int = 4,
                   attention_layers: int = 4, max_bp: int = 150, asv_limit: int = 1024,
                   batch_size: int = 32, epochs: int = 100,

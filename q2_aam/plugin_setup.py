@@ -213,8 +213,9 @@ FIT_PARAMETER_DESCRIPTIONS = {
     "unifrac_penalty": "Weight of the auxiliary UniFrac loss (only with distance_matrix).",
     "zero_distance_weight": "Weight of zero-distance pairs in the auxiliary UniFrac loss.",
 }
-REGRESSION_LOSS = {"regression_loss": Str % Choices(["auto", *REGRESSION_LOSSES])}
-REGRESSION_LOSS_DESCRIPTION = {
+REGRESSOR_PARAMETERS = {"regression_loss": Str % Choices(["auto", *REGRESSION_LOSSES]),
+                   "lookup_neighbours": Int % Range(0, None)}
+REGRESSOR_DESCRIPTIONS = {
     "regression_loss": "Loss on the standardized target: 'l1' (absolute error, fits the "
                        "conditional median), 'huber' (squared within one standard deviation, "
                        "absolute beyond), 'mse' (squared error) or 'binned' (the model "
@@ -226,17 +227,27 @@ REGRESSION_LOSS_DESCRIPTION = {
                        "default) takes 'l1' with a pretrained_encoder and 'mse' without one: "
                        "with a pretrained encoder 'l1' gave a clearly lower held-out MAE on "
                        "real data, while from scratch it stayed at the median for tens of "
-                       "epochs (see BENCHMARKS.md)."}
+                       "epochs (see BENCHMARKS.md).",
+    "lookup_neighbours": "Neighbour look-up: where this many fitted samples nearest to a "
+                         "sample (most ASVs shared, matched by sequence) agree on the target, "
+                         "answer with their median instead of the model's prediction. It "
+                         "recovers repeated samples of one host, whose private ASVs a model "
+                         "reading sequences blurs. How closely they must agree is chosen on "
+                         "the validation split, and the look-up stays off when no choice beats "
+                         "the model there (so it needs validation_fraction > 0); the model then "
+                         "stores its training samples' ASV sets and targets. 0: off. On real "
+                         "data it lowered the held-out age error on every split tried (see "
+                         "BENCHMARKS.md)."}
 FIT_CITATIONS = [citations["vaswani2017attention"], citations["loshchilov2019adamw"],
                  citations["chen2023symbolic"]]
 
 plugin.methods.register_function(
     function=fit_regressor,
     inputs=FIT_INPUTS,
-    parameters={**FIT_PARAMETERS, **REGRESSION_LOSS, "metadata": MetadataColumn[Numeric]},
+    parameters={**FIT_PARAMETERS, **REGRESSOR_PARAMETERS, "metadata": MetadataColumn[Numeric]},
     outputs=[("model", AAMModel[Regressor])],
     input_descriptions=FIT_INPUT_DESCRIPTIONS,
-    parameter_descriptions={**FIT_PARAMETER_DESCRIPTIONS, **REGRESSION_LOSS_DESCRIPTION,
+    parameter_descriptions={**FIT_PARAMETER_DESCRIPTIONS, **REGRESSOR_DESCRIPTIONS,
                             "metadata": "Numeric metadata column to predict."},
     output_descriptions={"model": "The trained regressor, with its target scaling, history and "
                                   "best-epoch validation predictions."},
@@ -455,12 +466,12 @@ TEST_SIZE_DESCRIPTION = ("Fraction of samples held out as the test part (seeded 
 plugin.pipelines.register_function(
     function=regress_samples,
     inputs={k: v for k, v in FIT_INPUTS.items()},
-    parameters={**FIT_PARAMETERS, **REGRESSION_LOSS, "metadata": MetadataColumn[Numeric],
+    parameters={**FIT_PARAMETERS, **REGRESSOR_PARAMETERS, "metadata": MetadataColumn[Numeric],
                 "test_size": Float % Range(0, 1, inclusive_start=False)},
     outputs=[("model", AAMModel[Regressor]), ("predictions", SampleData[RegressorPredictions]),
              ("accuracy_results", Visualization)],
     input_descriptions=FIT_INPUT_DESCRIPTIONS,
-    parameter_descriptions={**FIT_PARAMETER_DESCRIPTIONS, **REGRESSION_LOSS_DESCRIPTION,
+    parameter_descriptions={**FIT_PARAMETER_DESCRIPTIONS, **REGRESSOR_DESCRIPTIONS,
                             "test_size": TEST_SIZE_DESCRIPTION,
                             "metadata": "Numeric metadata column to predict."},
     output_descriptions=PIPELINE_OUTPUT_DESCRIPTIONS,

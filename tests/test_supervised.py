@@ -365,6 +365,26 @@ def test_validation_predictions_are_stored_in_original_units(big, regressor):
     assert np.abs(validation["predicted"] - validation["true"]).mean() < 10
 
 
+def test_lookup_answers_repeated_samples_through_the_artifact_api(aam, small):
+    """Every sample taken three times: the model artifact keeps its look-up
+    references, and predict answers each sample from its copies' target."""
+    copies = [small.biom.copy().update_ids({s: f"{s}-{k}" for s in small.ids}, inplace=False)
+              for k in range(3)]
+    table = copies[0].merge(copies[1]).merge(copies[2])
+    frame = small.frame[["age"]].astype(float)
+    ages = pd.concat([frame.rename(index=lambda s, k=k: f"{s}-{k}") for k in range(3)])
+    ages.index.name = "sample-id"
+    model, = aam.methods.fit_regressor(
+        table=table_artifact(table), sequences=small.sequences,
+        metadata=qiime2.Metadata(ages).get_column("age"), lookup_neighbours=2, **TINY)
+    fitted = bundle(model)
+    assert fitted.lookup is not None and fitted.info["neighbour_lookup"]["tolerance"] is not None
+    predictions, = aam.methods.predict(model=model, table=small.table,
+                                       sequences=small.sequences)
+    predicted = series(predictions)
+    np.testing.assert_allclose(predicted, frame["age"][predicted.index])
+
+
 # --- pipelines ------------------------------------------------------------------------
 
 

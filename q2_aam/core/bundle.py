@@ -4,12 +4,14 @@ config.json        architecture, vocabulary, task information, versions
 model.safetensors  the weights (no pickle: loading never runs code)
 history.tsv        one row per epoch
 validation.tsv     the best epoch's validation predictions (optional)
+lookup.safetensors a regressor's neighbour look-up references (optional; lookup.py)
 tensorboard/       the run's TensorBoard event files
 """
 import json
 import os
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from .config import ModelConfig
@@ -18,8 +20,9 @@ from .tokenizer import VOCAB_SIZE
 # torch is imported inside the methods: the QIIME 2 plugin imports this module
 # at start-up, and every `qiime` command loads every plugin.
 
-CONFIG, WEIGHTS, HISTORY, VALIDATION, EVENTS_DIR = (
-    "config.json", "model.safetensors", "history.tsv", "validation.tsv", "tensorboard")
+CONFIG, WEIGHTS, HISTORY, VALIDATION, LOOKUP, EVENTS_DIR = (
+    "config.json", "model.safetensors", "history.tsv", "validation.tsv", "lookup.safetensors",
+    "tensorboard")
 FORMAT_VERSION = 1
 
 
@@ -32,6 +35,8 @@ class ModelBundle:
     info: dict = field(default_factory=dict)
     validation: pd.DataFrame = None
     event_files: dict = field(default_factory=dict)
+    # NeighbourLookup.to_arrays() when the regressor answers from neighbours too.
+    lookup: dict = None
 
     @property
     def task(self):
@@ -70,6 +75,10 @@ class ModelBundle:
         self.history.to_csv(os.path.join(directory, HISTORY), sep="\t", index=False)
         if self.validation is not None:
             self.validation.to_csv(os.path.join(directory, VALIDATION), sep="\t", index=False)
+        if self.lookup is not None:
+            from safetensors.numpy import save_file as save_arrays
+            save_arrays({k: np.ascontiguousarray(v) for k, v in self.lookup.items()},
+                        os.path.join(directory, LOOKUP))
         for name, content in self.event_files.items():
             path = os.path.join(directory, EVENTS_DIR, name)
             os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -86,8 +95,13 @@ class ModelBundle:
         validation = (pd.read_csv(validation_path, sep="\t", dtype={"sample_id": str})
                       if os.path.exists(validation_path) else None)
         events = read_files(os.path.join(directory, EVENTS_DIR))
+        lookup_path = os.path.join(directory, LOOKUP)
+        lookup = None
+        if os.path.exists(lookup_path):
+            from safetensors.numpy import load_file as load_arrays
+            lookup = load_arrays(lookup_path)
         return cls(ModelConfig.from_dict(config["model"]), state_dict, history,
-                   config.get("info", {}), validation, events)
+                   config.get("info", {}), validation, events, lookup)
 
 
 def read_files(directory):

@@ -11,6 +11,7 @@ import numpy as np
 import scipy.sparse
 import torch
 
+from .lookup import sequence_digests
 from .tokenizer import MASK, NUCLEOTIDES, PAD, tokenize
 
 
@@ -52,6 +53,7 @@ class SampleSet:
         self.sample_ids = list(sample_ids)
         self.feature_ids = list(feature_ids)
         self.tokens, self.n_truncated = tokenize([sequences[f] for f in self.feature_ids], max_bp)
+        self.sequence_digests = sequence_digests([sequences[f] for f in self.feature_ids])
         self.asv_ids, self.log_abundance = [], []
         self.n_capped = 0
         for row in range(counts.shape[0]):

@@ -11,6 +11,7 @@ from .bundle import ModelBundle
 from .config import ModelConfig, TrainConfig
 from .data import split_indices
 from .losses import LossFunction
+from .lookup import NeighbourLookup
 from .model import AAMModel
 from .train import predict_outputs, resolve_device, train
 
@@ -118,7 +119,8 @@ def member_seeds(random_seed, ensemble_size):
 
 
 def fit(data, targets, task, model_cfg: ModelConfig, train_cfg: TrainConfig, encoder=None,
-        freeze_encoder=False, class_weights="none", zero_distance_weight=1.0, log=None):
+        freeze_encoder=False, class_weights="none", zero_distance_weight=1.0,
+        lookup_neighbours=0, log=None):
     """Fit a regressor (float targets) or classifier (string labels) on `data`.
 
     With `encoder` (a pretrained encoder ModelBundle) its weights start the
@@ -133,6 +135,10 @@ def fit(data, targets, task, model_cfg: ModelConfig, train_cfg: TrainConfig, enc
     stopping; the first member's training split sets the target scaling (and
     bins) they share. The history and validation predictions then gain a
     'member' column (1-based) and info["best_epoch"] is a list.
+
+    A regressor with `lookup_neighbours` > 0 also answers from its fitted
+    samples where that many nearest ones agree (lookup.py); fit_lookup chooses
+    how closely they must agree on the first member's validation split.
     """
     if freeze_encoder and encoder is None:
         raise ValueError("freeze_encoder needs a pretrained_encoder: a randomly initialized "
@@ -211,7 +217,45 @@ def fit(data, targets, task, model_cfg: ModelConfig, train_cfg: TrainConfig, enc
                              evaluate_targets(info, task, train_cfg.batch_size), log))
         members.append(model)
     data.asv_embedding_table = None
-    return _bundle(model_cfg, members, results, info)
+    bundle = _bundle(model_cfg, members, results, info)
+    if task == "regressor" and lookup_neighbours > 0:
+        bundle.lookup = fit_lookup(data, values, splits[0], results[0].best_validation,
+                                   lookup_neighbours, std, info, log)
+    return bundle
+
+
+def fit_lookup(data, values, split, validation, neighbours, scale, info, log):
+    """The neighbour look-up's arrays (None when it stays off), its settings
+    and validation errors in `info["neighbour_lookup"]`.
+
+    The tolerance is chosen with the training split as references and the
+    validation split's model predictions (`validation`, from the first member:
+    an ensemble's own validation predictions do not exist, as its members hold
+    out different samples); the stored references are then every fitted sample.
+    """
+    settings = info["neighbour_lookup"] = {"neighbours": int(neighbours), "tolerance": None}
+    train_idx, val_idx = split
+    if validation is None or len(val_idx) == 0:
+        log("The neighbour look-up stays off: choosing its tolerance needs a validation "
+            "split (validation_fraction > 0).")
+        return None
+    held_out = NeighbourLookup.from_samples(data, train_idx, values[train_idx], neighbours)
+    errors = held_out.choose_tolerance(held_out.neighbour_targets(data, val_idx),
+                                       validation["predicted"].to_numpy(),
+                                       values[val_idx], scale)
+    settings.update(tolerance=held_out.tolerance, validation_mae=errors)
+    if held_out.tolerance is None:
+        log(f"The neighbour look-up stays off: no tolerance beat the model alone on the "
+            f"validation split (MAE {errors['none']:.4g}).")
+        return None
+    _, agree = held_out.answer(held_out.neighbour_targets(data, val_idx),
+                               validation["predicted"].to_numpy())
+    log(f"Neighbour look-up: where the {neighbours} nearest fitted samples agree within "
+        f"{held_out.tolerance:.4g} (on validation: {agree.mean():.0%} of samples; MAE "
+        f"{errors['none']:.4g} -> {min(errors.values()):.4g}), their median is the answer.")
+    everything = np.arange(len(data))
+    return NeighbourLookup.from_samples(data, everything, values, neighbours,
+                                        held_out.tolerance).to_arrays()
 
 
 def _member_dir(directory, k, n_members):
@@ -292,7 +336,14 @@ def _outputs(bundle, data, batch_size, device):
 
 def predict(bundle, data, batch_size=64, device="auto"):
     """Predictions (and class probabilities) for every sample of `data`."""
-    return decode(bundle.task, bundle.info, _outputs(bundle, data, batch_size, device))
+    predicted, probabilities = decode(bundle.task, bundle.info,
+                                      _outputs(bundle, data, batch_size, device))
+    if bundle.lookup is not None:
+        settings = bundle.info["neighbour_lookup"]
+        lookup = NeighbourLookup.from_arrays(bundle.lookup, settings["neighbours"],
+                                             settings["tolerance"])
+        predicted, _ = lookup.answer(lookup.neighbour_targets(data), predicted)
+    return predicted, probabilities
 
 
 def embed(bundle, data, batch_size=64, device="auto"):

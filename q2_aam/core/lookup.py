@@ -1,0 +1,121 @@
+"""Neighbour look-up: a regressor's answer taken from the training samples that
+share most of a sample's ASVs, where those samples agree.
+
+Why: microbiome studies often sample one host many times, and a host keeps its
+own strains. Exact ASV overlap (Jaccard) finds a host's other samples; a model
+reading sequences places near-identical ASVs side by side and blurs exactly
+that. Where the nearest training samples agree on the target (one host, or
+hosts of one age), their median is the better answer; where they disagree the
+model's answer stands. How close "agree" must be is chosen on the validation
+split, and no look-up at all is among the choices.
+"""
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse
+
+# Candidate tolerances, in standard deviations of the training targets: the
+# neighbours agree when their targets span no more than this.
+TOLERANCES = (0.0, 0.05, 0.1, 0.2, 0.4)
+_CHUNK = 1024       # query samples per similarity block (memory: CHUNK x references)
+
+
+def sequence_digests(sequences):
+    """[n, 16] uint8 digests of DNA sequences (case-insensitive): ASVs are
+    matched by sequence, never by their feature IDs."""
+    digests = [hashlib.blake2b(s.upper().encode(), digest_size=16).digest() for s in sequences]
+    return np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(-1, 16)
+
+
+@dataclass
+class NeighbourLookup:
+    digests: np.ndarray                   # [V, 16] the references' distinct ASVs
+    presence: scipy.sparse.csr_matrix     # [R, V] 1 where a reference holds an ASV
+    targets: np.ndarray                   # [R] reference targets, original units
+    neighbours: int
+    tolerance: float = 0.0                # original units
+
+    @classmethod
+    def from_samples(cls, data, indices, targets, neighbours, tolerance=0.0):
+        """References: the samples `indices` of SampleSet `data`, with `targets`
+        (one per index, original units)."""
+        used = np.unique(np.concatenate([data.asv_ids[i] for i in indices]))
+        position = np.full(len(data.feature_ids), -1, dtype=np.int64)
+        position[used] = np.arange(len(used))
+        presence = _presence([position[data.asv_ids[i]] for i in indices], len(used))
+        return cls(data.sequence_digests[used], presence,
+                   np.asarray(targets, dtype=np.float64), int(neighbours), float(tolerance))
+
+    def neighbour_targets(self, data, indices=None):
+        """[n, neighbours] targets of the nearest references of `data`'s samples
+        (`indices`, default all) by Jaccard similarity of their ASV sets,
+        nearest first (ties: reference order); NaN for a reference sharing no ASV."""
+        indices = range(len(data)) if indices is None else indices
+        vocabulary = {d.tobytes(): k for k, d in enumerate(self.digests)}
+        known = np.array([vocabulary.get(d.tobytes(), -1) for d in data.sequence_digests])
+        rows = [known[data.asv_ids[i]] for i in indices]
+        sizes = np.array([len(r) for r in rows], dtype=np.float64)
+        query = _presence([r[r >= 0] for r in rows], len(self.digests))
+        reference_sizes = np.asarray(self.presence.sum(1), dtype=np.float64).ravel()
+        k = min(self.neighbours, self.presence.shape[0])
+        nearest = []
+        for start in range(0, len(rows), _CHUNK):
+            shared = (query[start:start + _CHUNK] @ self.presence.T).toarray()
+            union = sizes[start:start + _CHUNK, None] + reference_sizes[None, :] - shared
+            similarity = shared / np.maximum(union, 1)
+            order = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
+            targets = self.targets[order]
+            # A reference sharing no ASV is no neighbour: NaN never agrees.
+            targets[np.take_along_axis(similarity, order, 1) == 0] = np.nan
+            nearest.append(targets)
+        return np.concatenate(nearest) if nearest else np.zeros((0, k))
+
+    def answer(self, neighbour_targets, predictions, tolerance=None):
+        """`predictions` with each sample whose neighbours agree (their targets
+        span at most `tolerance`, by default the chosen one) replaced by the
+        neighbours' median; also returns which samples were replaced."""
+        tolerance = self.tolerance if tolerance is None else tolerance
+        with np.errstate(invalid="ignore"):
+            agree = np.ptp(neighbour_targets, axis=1) <= tolerance
+        median = np.median(np.where(agree[:, None], neighbour_targets, 0.0), axis=1)
+        return np.where(agree, median, predictions), agree
+
+    def choose_tolerance(self, neighbour_targets, predictions, true, scale):
+        """Set `tolerance` to the candidate (TOLERANCES x `scale`) with the lowest
+        mean absolute error on held-out samples; None when none beats the
+        model's `predictions` alone. Returns each candidate's error."""
+        errors = {"none": float(np.abs(predictions - true).mean())}
+        best, chosen = errors["none"], None
+        for tolerance in np.asarray(TOLERANCES) * scale:
+            answered, _ = self.answer(neighbour_targets, predictions, tolerance)
+            errors[f"{tolerance:.6g}"] = error = float(np.abs(answered - true).mean())
+            if error < best:
+                best, chosen = error, float(tolerance)
+        self.tolerance = chosen
+        return errors
+
+    def to_arrays(self):
+        return {"digests": self.digests, "indptr": self.presence.indptr.astype(np.int64),
+                "indices": self.presence.indices.astype(np.int64), "targets": self.targets}
+
+    @classmethod
+    def from_arrays(cls, arrays, neighbours, tolerance):
+        n_references, n_asvs = len(arrays["targets"]), len(arrays["digests"])
+        presence = scipy.sparse.csr_matrix(
+            (np.ones(len(arrays["indices"])), arrays["indices"], arrays["indptr"]),
+            shape=(n_references, n_asvs))
+        return cls(np.asarray(arrays["digests"], dtype=np.uint8), presence,
+                   np.asarray(arrays["targets"], dtype=np.float64), int(neighbours),
+                   float(tolerance))
+
+
+def _presence(rows, n_columns):
+    """Binary CSR matrix with the given column indices in each row."""
+    indptr = np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int64)
+    indices = np.concatenate(rows).astype(np.int64) if rows else np.zeros(0, np.int64)
+    return scipy.sparse.csr_matrix((np.ones(len(indices)), indices, indptr),
+                                   shape=(len(rows), n_columns))
+
+
+__all__ = ["NeighbourLookup", "sequence_digests", "TOLERANCES"]
