@@ -1,7 +1,7 @@
 """Reference models on the feature table itself (no sequences), on the split of
 oral_supervised.py: how far models that see each ASV as its own feature get.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/oral_table_baselines.py
+    OMP_NUM_THREADS=1 .venv/bin/python bench/oral_table_baselines.py [--seed S --out PATH]
 
 - mlp: one hidden layer (256, GELU) on log relative abundances (0 for absent
   ASVs, shifted so present ones are positive), dropout 0.3 on inputs and hidden
@@ -48,10 +48,16 @@ def mlp(train_x, train_y, test_x, hidden=256, dropout=0.3, epochs=100, lr=1e-3, 
 
 
 def main():
+    import argparse
     from sklearn.neighbors import KNeighborsRegressor
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the 80/20 split")
+    parser.add_argument("--out", default="bench/out/oral_table_baselines.json")
+    args = parser.parse_args()
     table, metadata = oral.load_table(), oral.load_metadata()
     ids = [s for s in table.ids(axis="sample") if s in metadata.index]
-    train_idx, test_idx = split_indices(len(ids), 0.2, np.random.default_rng(0))
+    train_idx, test_idx = split_indices(len(ids), 0.2, np.random.default_rng(args.seed))
     train_ids, test_ids = [ids[i] for i in train_idx], [ids[i] for i in test_idx]
     train_x, test_x = relative_frequencies(table, train_ids), relative_frequencies(table, test_ids)
     train_y = metadata.loc[train_ids, "age"].to_numpy()
@@ -70,8 +76,8 @@ def main():
         report[name] = regression_report(test_y, predicted, studies)
         print(name, json.dumps({k: round(v, 3) for k, v in report[name].items()
                                 if k != "mae_by_study"}), flush=True)
-    os.makedirs("bench/out", exist_ok=True)
-    with open("bench/out/oral_table_baselines.json", "w") as fh:
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w") as fh:
         json.dump(report, fh, indent=2)
 
 

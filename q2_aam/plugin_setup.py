@@ -234,8 +234,9 @@ REGRESSOR_DESCRIPTIONS = {
                          "recovers repeated samples of one host, whose private ASVs a model "
                          "reading sequences blurs. How closely they must agree is chosen on "
                          "the validation split, and the look-up stays off when no choice beats "
-                         "the model there (so it needs validation_fraction > 0); the model then "
-                         "stores its training samples' ASV sets and targets. 0: off. On real "
+                         "the model there (so it needs validation_fraction > 0). The model then "
+                         "stores its fitted samples' ASV sets and targets, and predicting those "
+                         "samples themselves mostly returns their own targets. 0: off. On real "
                          "data it lowered the held-out age error on every split tried (see "
                          "BENCHMARKS.md)."}
 FIT_CITATIONS = [citations["vaswani2017attention"], citations["loshchilov2019adamw"],
@@ -249,8 +250,9 @@ plugin.methods.register_function(
     input_descriptions=FIT_INPUT_DESCRIPTIONS,
     parameter_descriptions={**FIT_PARAMETER_DESCRIPTIONS, **REGRESSOR_DESCRIPTIONS,
                             "metadata": "Numeric metadata column to predict."},
-    output_descriptions={"model": "The trained regressor, with its target scaling, history and "
-                                  "best-epoch validation predictions."},
+    output_descriptions={"model": "The trained regressor, with its target scaling, history, "
+                                  "best-epoch validation predictions and, when the neighbour "
+                                  "look-up is on, its fitted samples' ASV sets and targets."},
     name="Fit an AAM regressor",
     description=("Learn a numeric metadata column from the ASV sequences and abundances of each "
                  "sample. Targets are standardized with training-split statistics; predictions "

@@ -377,6 +377,7 @@ def test_lookup_answers_repeated_samples_through_the_artifact_api(aam, small):
     model, = aam.methods.fit_regressor(
         table=table_artifact(table), sequences=small.sequences,
         metadata=qiime2.Metadata(ages).get_column("age"), lookup_neighbours=2, **TINY)
+    model.validate(level="max")        # lookup.safetensors is part of the format
     fitted = bundle(model)
     assert fitted.lookup is not None and fitted.info["neighbour_lookup"]["tolerance"] is not None
     predictions, = aam.methods.predict(model=model, table=small.table,
