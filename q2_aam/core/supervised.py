@@ -240,16 +240,15 @@ def fit_lookup(data, values, split, validation, neighbours, scale, info, log):
             "split (validation_fraction > 0).")
         return None
     held_out = NeighbourLookup.from_samples(data, train_idx, values[train_idx], neighbours)
-    errors = held_out.choose_tolerance(held_out.neighbour_targets(data, val_idx),
-                                       validation["predicted"].to_numpy(),
-                                       values[val_idx], scale)
+    neighbour_targets = held_out.neighbour_targets(data, val_idx)
+    predicted = validation["predicted"].to_numpy()
+    errors = held_out.choose_tolerance(neighbour_targets, predicted, values[val_idx], scale)
     settings.update(tolerance=held_out.tolerance, validation_mae=errors)
     if held_out.tolerance is None:
         log(f"The neighbour look-up stays off: no tolerance beat the model alone on the "
             f"validation split (MAE {errors['none']:.4g}).")
         return None
-    _, agree = held_out.answer(held_out.neighbour_targets(data, val_idx),
-                               validation["predicted"].to_numpy())
+    _, agree = held_out.answer(neighbour_targets, predicted)
     log(f"Neighbour look-up: where the {neighbours} nearest fitted samples agree within "
         f"{held_out.tolerance:.4g} (on validation: {agree.mean():.0%} of samples; MAE "
         f"{errors['none']:.4g} -> {min(errors.values()):.4g}), their median is the answer.")
