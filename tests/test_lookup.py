@@ -5,7 +5,7 @@ import pytest
 from q2_aam.core.bundle import ModelBundle
 from q2_aam.core.config import ModelConfig, TrainConfig
 from q2_aam.core.data import SampleSet
-from q2_aam.core.lookup import TOLERANCES, NeighbourLookup
+from q2_aam.core.lookup import TOLERANCES, NeighbourLookup, agreed_answer, choose_tolerance
 from q2_aam.core.supervised import fit, predict
 
 SEQUENCES = {f"f{k}": seq for k, seq in enumerate(
@@ -40,32 +40,28 @@ def test_a_reference_sharing_no_asv_is_no_neighbour():
     unseen = sample_set([{"x": 3}], {"x": "CCCCCCCCCC"})
     nearest = lookup.neighbour_targets(unseen)
     assert np.isnan(nearest).all()
-    answered, agree = lookup.answer(nearest, np.array([33.0]), tolerance=100.0)
+    answered, agree = agreed_answer(nearest, np.array([33.0]), tolerance=100.0)
     assert answered[0] == 33.0 and not agree[0]
 
 
 def test_answer_replaces_only_where_the_neighbours_agree():
-    lookup = NeighbourLookup.from_samples(REFERENCES, range(4), TARGETS, neighbours=3)
     neighbours = np.array([[10.0, 11.0, 10.5], [10.0, 40.0, 60.0]])
-    answered, agree = lookup.answer(neighbours, np.array([20.0, 20.0]), tolerance=1.0)
+    answered, agree = agreed_answer(neighbours, np.array([20.0, 20.0]), tolerance=1.0)
     np.testing.assert_array_equal(agree, [True, False])
     np.testing.assert_allclose(answered, [10.5, 20.0])
 
 
 def test_tolerance_is_chosen_on_held_out_errors_and_can_stay_off():
-    lookup = NeighbourLookup.from_samples(REFERENCES, range(4), TARGETS, neighbours=2)
     true = np.array([10.0, 40.0, 25.0])
     model = np.array([14.0, 44.0, 26.0])
     # Neighbours that agree near the truth where the model is off by 4: a tolerance wins.
     helpful = np.array([[10.0, 10.2], [40.0, 40.3], [10.0, 60.0]])
-    errors = lookup.choose_tolerance(helpful, model, true, scale=2.0)
-    assert lookup.tolerance == pytest.approx(min(t for t in np.asarray(TOLERANCES) * 2.0
-                                                 if t >= 0.3))
+    tolerance, errors = choose_tolerance(helpful, model, true, scale=2.0)
+    assert tolerance == pytest.approx(min(t for t in np.asarray(TOLERANCES) * 2.0 if t >= 0.3))
     assert errors["none"] == pytest.approx(3.0)
     # Neighbours that agree far from the truth: none beats the model, so none is chosen.
     misleading = np.array([[30.0, 30.0], [10.0, 10.0], [50.0, 50.0]])
-    lookup.choose_tolerance(misleading, model, true, scale=2.0)
-    assert lookup.tolerance is None
+    assert choose_tolerance(misleading, model, true, scale=2.0)[0] is None
 
 
 def test_arrays_round_trip_gives_the_same_neighbours():
@@ -128,3 +124,15 @@ def test_lookup_stays_off_without_a_validation_split(repeated_hosts):
                  log=messages.append)
     assert bundle.lookup is None and bundle.info["neighbour_lookup"]["tolerance"] is None
     assert any("needs a validation split" in m for m in messages)
+
+
+def test_an_ensemble_chooses_the_tolerance_on_every_members_validation_split(repeated_hosts):
+    data, ages, _ = repeated_hosts
+    model_cfg = ModelConfig(embedding_dim=16, attention_heads=2, attention_layers=1,
+                            ensemble_size=2)
+    train_cfg = TrainConfig(epochs=1, batch_size=8, validation_fraction=0.25, device="cpu",
+                            nuc_mask_ratio=0.0, unifrac_penalty=0.0)
+    bundle = fit(data, ages, "regressor", model_cfg, train_cfg, lookup_neighbours=2,
+                 log=lambda message: None)
+    assert bundle.info["neighbour_lookup"]["validation_samples"] == 2 * round(0.25 * len(ages))
+    assert len(bundle.lookup["targets"]) == len(ages)      # every fitted sample a reference

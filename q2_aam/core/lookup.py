@@ -34,7 +34,7 @@ class NeighbourLookup:
     presence: scipy.sparse.csr_matrix     # [R, V] 1 where a reference holds an ASV
     targets: np.ndarray                   # [R] reference targets, original units
     neighbours: int
-    tolerance: float = 0.0                # original units
+    tolerance: float = 0.0                # original units (choose_tolerance)
 
     @classmethod
     def from_samples(cls, data, indices, targets, neighbours, tolerance=0.0):
@@ -71,29 +71,9 @@ class NeighbourLookup:
             nearest.append(targets)
         return np.concatenate(nearest) if nearest else np.zeros((0, k))
 
-    def answer(self, neighbour_targets, predictions, tolerance=None):
-        """`predictions` with each sample whose neighbours agree (their targets
-        span at most `tolerance`, by default the chosen one) replaced by the
-        neighbours' median; also returns which samples were replaced."""
-        tolerance = self.tolerance if tolerance is None else tolerance
-        with np.errstate(invalid="ignore"):
-            agree = np.ptp(neighbour_targets, axis=1) <= tolerance
-        median = np.median(np.where(agree[:, None], neighbour_targets, 0.0), axis=1)
-        return np.where(agree, median, predictions), agree
-
-    def choose_tolerance(self, neighbour_targets, predictions, true, scale):
-        """Set `tolerance` to the candidate (TOLERANCES x `scale`) with the lowest
-        mean absolute error on held-out samples; None when none beats the
-        model's `predictions` alone. Returns each candidate's error."""
-        errors = {"none": float(np.abs(predictions - true).mean())}
-        best, chosen = errors["none"], None
-        for tolerance in np.asarray(TOLERANCES) * scale:
-            answered, _ = self.answer(neighbour_targets, predictions, tolerance)
-            errors[f"{tolerance:.6g}"] = error = float(np.abs(answered - true).mean())
-            if error < best:
-                best, chosen = error, float(tolerance)
-        self.tolerance = chosen
-        return errors
+    def answer(self, neighbour_targets, predictions):
+        """agreed_answer with the chosen tolerance."""
+        return agreed_answer(neighbour_targets, predictions, self.tolerance)
 
     def to_arrays(self):
         return {"digests": self.digests, "indptr": self.presence.indptr.astype(np.int64),
@@ -110,6 +90,30 @@ class NeighbourLookup:
                    float(tolerance))
 
 
+def agreed_answer(neighbour_targets, predictions, tolerance):
+    """`predictions` with each sample whose neighbours agree (their targets span
+    at most `tolerance`) replaced by the neighbours' median; also returns which
+    samples were replaced."""
+    with np.errstate(invalid="ignore"):
+        agree = np.ptp(neighbour_targets, axis=1) <= tolerance
+    median = np.median(np.where(agree[:, None], neighbour_targets, 0.0), axis=1)
+    return np.where(agree, median, predictions), agree
+
+
+def choose_tolerance(neighbour_targets, predictions, true, scale):
+    """The candidate tolerance (TOLERANCES x `scale`) with the lowest mean
+    absolute error on held-out samples, or None when none beats the model's
+    `predictions` alone; and each candidate's error."""
+    errors = {"none": float(np.abs(predictions - true).mean())}
+    best, chosen = errors["none"], None
+    for tolerance in np.asarray(TOLERANCES) * scale:
+        answered, _ = agreed_answer(neighbour_targets, predictions, tolerance)
+        errors[f"{tolerance:.6g}"] = error = float(np.abs(answered - true).mean())
+        if error < best:
+            best, chosen = error, float(tolerance)
+    return chosen, errors
+
+
 def _presence(rows, n_columns):
     """Binary CSR matrix with the given column indices in each row."""
     indptr = np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int64)
@@ -118,4 +122,5 @@ def _presence(rows, n_columns):
                                    shape=(len(rows), n_columns))
 
 
-__all__ = ["NeighbourLookup", "sequence_digests", "TOLERANCES"]
+__all__ = ["NeighbourLookup", "agreed_answer", "choose_tolerance", "sequence_digests",
+           "TOLERANCES"]

@@ -11,7 +11,7 @@ from .bundle import ModelBundle
 from .config import ModelConfig, TrainConfig
 from .data import split_indices
 from .losses import LossFunction
-from .lookup import NeighbourLookup
+from .lookup import NeighbourLookup, agreed_answer, choose_tolerance
 from .model import AAMModel
 from .train import predict_outputs, resolve_device, train
 
@@ -138,7 +138,7 @@ def fit(data, targets, task, model_cfg: ModelConfig, train_cfg: TrainConfig, enc
 
     A regressor with `lookup_neighbours` > 0 also answers from its fitted
     samples where that many nearest ones agree (lookup.py); fit_lookup chooses
-    how closely they must agree on the first member's validation split.
+    how closely they must agree on the members' validation splits.
     """
     if freeze_encoder and encoder is None:
         raise ValueError("freeze_encoder needs a pretrained_encoder: a randomly initialized "
@@ -219,42 +219,51 @@ def fit(data, targets, task, model_cfg: ModelConfig, train_cfg: TrainConfig, enc
     data.asv_embedding_table = None
     bundle = _bundle(model_cfg, members, results, info)
     if task == "regressor" and lookup_neighbours > 0:
-        bundle.lookup = fit_lookup(data, values, splits[0], results[0].best_validation,
-                                   lookup_neighbours, std, info, log)
+        validations = [result.best_validation for result in results]
+        bundle.lookup = fit_lookup(data, values, splits, validations, lookup_neighbours, std,
+                                   info, log)
     return bundle
 
 
-def fit_lookup(data, values, split, validation, neighbours, scale, info, log):
+def fit_lookup(data, values, splits, validations, neighbours, scale, info, log):
     """The neighbour look-up's arrays (None when it stays off), its settings
     and validation errors in `info["neighbour_lookup"]`.
 
-    The tolerance is chosen with the training split as references and the
-    validation split's model predictions (`validation`, from the first member:
-    an ensemble's own validation predictions do not exist, as its members hold
-    out different samples); the stored references are then every fitted sample.
+    The tolerance is chosen on the validation samples of every member, each
+    with its own training split as references and its own predictions
+    (`validations`): an ensemble's pooled predictions of held-out samples do
+    not exist, as its members hold out different samples, and ten members'
+    splits choose far less noisily than one. The stored references are then
+    every fitted sample.
     """
     settings = info["neighbour_lookup"] = {"neighbours": int(neighbours), "tolerance": None}
-    train_idx, val_idx = split
-    if validation is None or len(val_idx) == 0:
+    parts = [(train_idx, val_idx, validation) for (train_idx, val_idx), validation
+             in zip(splits, validations) if validation is not None and len(val_idx)]
+    if not parts:
         log("The neighbour look-up stays off: choosing its tolerance needs a validation "
             "split (validation_fraction > 0).")
         return None
-    held_out = NeighbourLookup.from_samples(data, train_idx, values[train_idx], neighbours)
-    neighbour_targets = held_out.neighbour_targets(data, val_idx)
-    predicted = validation["predicted"].to_numpy()
-    errors = held_out.choose_tolerance(neighbour_targets, predicted, values[val_idx], scale)
-    settings.update(tolerance=held_out.tolerance, validation_mae=errors)
-    if held_out.tolerance is None:
+    neighbour_targets, predicted, true = [], [], []
+    for train_idx, val_idx, validation in parts:
+        held_out = NeighbourLookup.from_samples(data, train_idx, values[train_idx], neighbours)
+        neighbour_targets.append(held_out.neighbour_targets(data, val_idx))
+        predicted.append(validation["predicted"].to_numpy())
+        true.append(values[val_idx])
+    neighbour_targets, predicted = np.concatenate(neighbour_targets), np.concatenate(predicted)
+    tolerance, errors = choose_tolerance(neighbour_targets, predicted, np.concatenate(true), scale)
+    settings.update(tolerance=tolerance, validation_mae=errors,
+                    validation_samples=int(len(predicted)))
+    if tolerance is None:
         log(f"The neighbour look-up stays off: no tolerance beat the model alone on the "
             f"validation split (MAE {errors['none']:.4g}).")
         return None
-    _, agree = held_out.answer(neighbour_targets, predicted)
+    _, agree = agreed_answer(neighbour_targets, predicted, tolerance)
     log(f"Neighbour look-up: where the {neighbours} nearest fitted samples agree within "
-        f"{held_out.tolerance:.4g} (on validation: {agree.mean():.0%} of samples; MAE "
+        f"{tolerance:.4g} (on validation: {agree.mean():.0%} of samples; MAE "
         f"{errors['none']:.4g} -> {min(errors.values()):.4g}), their median is the answer.")
     everything = np.arange(len(data))
     return NeighbourLookup.from_samples(data, everything, values, neighbours,
-                                        held_out.tolerance).to_arrays()
+                                        tolerance).to_arrays()
 
 
 def _member_dir(directory, k, n_members):
