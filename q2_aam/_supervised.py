@@ -152,7 +152,7 @@ def predict(model: ModelBundle, table: biom.Table, sequences: pd.Series,
             device: str = "auto") -> pd.Series:
     from .core.supervised import predict as core_predict
     data = _sample_set(model, table, sequences)
-    predictions, _ = core_predict(model, data, device=device)
+    predictions, _ = core_predict(model, data, device=device, log=log)
     name = "prediction"
     series = pd.Series(predictions, index=pd.Index(data.sample_ids, name="SampleID"), name=name)
     return series.astype(float) if model.task == "regressor" else series.astype(str)

@@ -109,9 +109,11 @@ def test_fitted_regressor_answers_repeated_hosts_from_their_other_samples(repeat
     assert settings["validation_mae"]["none"] > min(settings["validation_mae"].values())
     bundle.save(tmp_path / "model")
     loaded = ModelBundle.load(tmp_path / "model")
-    predicted, _ = predict(loaded, data, device="cpu")
+    messages = []
+    predicted, _ = predict(loaded, data, device="cpu", log=messages.append)
     # Every sample's host has other samples among the references: all answered exactly.
     np.testing.assert_allclose(predicted, ages)
+    assert messages == [f"{len(ages)} of {len(ages)} sample(s) answered by the neighbour look-up."]
 
 
 def test_lookup_stays_off_without_a_validation_split(repeated_hosts):

@@ -342,7 +342,7 @@ def _outputs(bundle, data, batch_size, device):
     return predict_outputs(model, data, np.arange(len(data)), batch_size, device)
 
 
-def predict(bundle, data, batch_size=64, device="auto"):
+def predict(bundle, data, batch_size=64, device="auto", log=None):
     """Predictions (and class probabilities) for every sample of `data`."""
     predicted, probabilities = decode(bundle.task, bundle.info,
                                       _outputs(bundle, data, batch_size, device))
@@ -350,7 +350,9 @@ def predict(bundle, data, batch_size=64, device="auto"):
         settings = bundle.info["neighbour_lookup"]
         lookup = NeighbourLookup.from_arrays(bundle.lookup, settings["neighbours"],
                                              settings["tolerance"])
-        predicted, _ = lookup.answer(lookup.neighbour_targets(data), predicted)
+        predicted, agree = lookup.answer(lookup.neighbour_targets(data), predicted)
+        (log or (lambda message: None))(
+            f"{int(agree.sum())} of {len(agree)} sample(s) answered by the neighbour look-up.")
     return predicted, probabilities
 
 
