@@ -8,8 +8,9 @@ Each variant is a dict of TrainConfig fields plus: name (required), freeze
 (default true: frozen encoder), unifrac (keep the UniFrac loss as auxiliary),
 class_weights (classifier), whiten (default true; false is an ablation that
 leaves the ASV whitening at identity), ridge (the whitening's ridge, default
-1e-3), ensemble_size (default 1), lookup_neighbours (default 0: off), kmer_size (the fit's k-mer embeddings, default 0 here: the plugin's
-default is 6) and dropout (default 0). asv_dropout, a TrainConfig field, also
+1e-3), ensemble_size (default 1), lookup_neighbours (default 0: off; the
+plugin's default is 3), kmer_size (the fit's k-mer embeddings, default 0 here:
+the plugin's default is 6) and dropout (default 0). asv_dropout, a TrainConfig field, also
 defaults to 0 here (the plugin's fits default to 0.5), so the earlier commands
 in BENCHMARKS.md keep their meaning. Every fit starts from the pretrained
 encoder in --encoder-dir (oral_supervised.py writes it). Test predictions of

@@ -214,7 +214,7 @@ FIT_PARAMETER_DESCRIPTIONS = {
     "zero_distance_weight": "Weight of zero-distance pairs in the auxiliary UniFrac loss.",
 }
 REGRESSOR_PARAMETERS = {"regression_loss": Str % Choices(["auto", *REGRESSION_LOSSES]),
-                   "lookup_neighbours": Int % Range(0, None)}
+                        "lookup_neighbours": Int % Range(0, None)}
 REGRESSOR_DESCRIPTIONS = {
     "regression_loss": "Loss on the standardized target: 'l1' (absolute error, fits the "
                        "conditional median), 'huber' (squared within one standard deviation, "

@@ -52,8 +52,9 @@ class SampleSet:
         counts = scipy.sparse.csr_matrix(counts)
         self.sample_ids = list(sample_ids)
         self.feature_ids = list(feature_ids)
-        self.tokens, self.n_truncated = tokenize([sequences[f] for f in self.feature_ids], max_bp)
-        self.sequence_digests = sequence_digests([sequences[f] for f in self.feature_ids])
+        dna = [sequences[f] for f in self.feature_ids]
+        self.tokens, self.n_truncated = tokenize(dna, max_bp)
+        self.sequence_digests = sequence_digests(dna)      # for the neighbour look-up
         self.asv_ids, self.log_abundance = [], []
         self.n_capped = 0
         for row in range(counts.shape[0]):
