@@ -116,9 +116,8 @@ def main():
         if args.task == "age":
             report = regression_report(truth, predicted.astype(float), test_study)
         else:
-            codes = {c: i for i, c in enumerate(sorted(set(study)))}
-            report = classification_metrics(np.array([codes[c] for c in truth]),
-                                            np.array([codes[c] for c in predicted]), len(codes))
+            report = classification_metrics(np.asarray(truth, dtype=str),
+                                            np.asarray(predicted, dtype=str))
         history = bundle.history
         # An ensemble: one history and best epoch per member, losses averaged over them.
         best_epochs = np.atleast_1d(bundle.info["best_epoch"]).tolist()

@@ -125,9 +125,8 @@ def main():
         if task == "age":
             report = regression_report(test_age, pred, test_study)
         else:
-            codes = {c: i for i, c in enumerate(sorted(set(study)))}
-            report = classification_metrics(np.array([codes[c] for c in test_study]),
-                                            np.array([codes[c] for c in pred]), len(codes))
+            report = classification_metrics(np.asarray(test_study, dtype=str),
+                                            np.asarray(pred, dtype=str))
         results[f"random_forest_{task}"] = {**report, "seconds": seconds}
         print(task, "random forest", results[f"random_forest_{task}"], flush=True)
 
@@ -188,9 +187,8 @@ def main():
             if task == "age":
                 report = regression_report(test_age, pred.astype(float), test_study)
             else:
-                codes = {c: i for i, c in enumerate(sorted(set(study)))}
-                report = classification_metrics(np.array([codes[c] for c in test_study]),
-                                                 np.array([codes[c] for c in pred]), len(codes))
+                report = classification_metrics(np.asarray(test_study, dtype=str),
+                                                 np.asarray(pred, dtype=str))
             results[f"aam_{name}_{task}"] = {**report, "seconds": seconds,
                                              "epochs_run": int(bundle.history["epoch"].max()),
                                              "best_epoch": int(bundle.info["best_epoch"])}

@@ -18,6 +18,7 @@ from markupsafe import Markup
 from . import _figures
 from . import _metrics
 from .core.bundle import ModelBundle
+from ._parameters import takes_parameters
 
 ASSETS = os.path.join(os.path.dirname(__file__), "assets")
 # Per-sample tables beyond this length stay in the TSV download only.
@@ -39,10 +40,11 @@ REGRESSION_ROWS = [
 # --- the visualizers ------------------------------------------------------------------
 
 
+@takes_parameters("scatterplot")
 def scatterplot(output_dir: str, predictions: pd.Series,
-                truth: qiime2.NumericMetadataColumn) -> None:
+                truth: qiime2.NumericMetadataColumn, **parameters) -> None:
     predicted, true, note = _metrics.align(_numeric(predictions), truth.to_series(),
-                                           truth.name)
+                                           truth.name, parameters["missing_samples"])
     rows = pd.DataFrame({"sample ID": predicted.index, "true": true.to_numpy(),
                          "predicted": predicted.to_numpy()})
     section = fit_section(output_dir, rows, "scatter", x_label=f"True {truth.name}",
@@ -51,11 +53,13 @@ def scatterplot(output_dir: str, predictions: pd.Series,
             section=section)
 
 
+@takes_parameters("confusion_matrix")
 def confusion_matrix(output_dir: str, predictions: pd.Series,
                      truth: qiime2.CategoricalMetadataColumn,
-                     probabilities: pd.DataFrame = None) -> None:
+                     probabilities: pd.DataFrame = None, **parameters) -> None:
     predicted, true, note = _metrics.align(predictions.dropna().astype(str),
-                                           truth.to_series(), truth.name)
+                                           truth.to_series(), truth.name,
+                                           parameters["missing_samples"])
     section, roc_notes = classification_section(output_dir, true.astype(str), predicted,
                                                 probabilities, f"column '{truth.name}'")
     _render("confusion_matrix", output_dir, column=truth.name,
@@ -127,18 +131,18 @@ def classification_section(output_dir, true, predicted, probabilities, truth_sou
     classes = class_order(set(true_classes) | set(predicted.unique()))
     counts = _metrics.confusion_counts(true, predicted, classes)
     fractions = _metrics.row_normalized(counts)
-    report = _metrics.class_report(counts)
+    report = _metrics.class_report(true, predicted, classes)
     _figures.confusion_heatmaps(output_dir, "confusion_matrix", counts, fractions)
     roc, roc_notes = roc_section(output_dir, true, probabilities)
     per_sample = _per_sample_classes(true, predicted, probabilities)
     per_sample.to_csv(os.path.join(output_dir, "per_sample.tsv"), sep="\t", index=False)
     section = _section(
         "classification.html", n=len(true), n_classes=len(classes),
-        accuracy=_number(_metrics.accuracy(counts)),
+        accuracy=_number(_metrics.accuracy(true, predicted)),
         baseline=_number(_metrics.baseline_accuracy(counts)),
         majority=counts.sum(axis=1).idxmax(),
         macro=[(name, _number(value))
-               for name, value in _metrics.macro_average(report).items()],
+               for name, value in _metrics.macro_average(true, predicted).items()],
         report_table=_table(report.rename_axis("class").reset_index()),
         counts_table=(_counts_table(counts) if len(classes) <= MAX_ANNOTATED_CLASSES
                       else None),

@@ -14,12 +14,15 @@ import qiime2
 from q2_aam import _metrics
 from q2_aam.core.bundle import ModelBundle
 from q2_aam.core.config import ModelConfig
+from q2_aam.core.model import build_model
 
 
 VENV = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".venv")
 QIIME = os.path.join(VENV, "bin", "qiime")
 EVIL_ID = "<script>alert(1)</script>"
 EVIL_LABEL = "<b>bold</b> & $x"
+# A rendered visualization's screenshot is at least this big; a blank page's is not.
+MIN_SCREENSHOT_BYTES = 10_000
 
 
 def metadata(**columns):
@@ -53,7 +56,7 @@ def check_in_browser(browser, directory, tmp_path):
     assert page.images, "the page shows no image"
     assert page.broken_images == []
     assert page.dialogs == []
-    assert (tmp_path / f"{directory.name}.png").stat().st_size > 10_000
+    assert (tmp_path / f"{directory.name}.png").stat().st_size > MIN_SCREENSHOT_BYTES
     return page
 
 
@@ -83,14 +86,14 @@ def test_classification_metrics_by_hand():
     predicted = pd.Series(list("aabbcc"))
     counts = _metrics.confusion_counts(true, predicted, ["a", "b", "c"])
     assert counts.to_numpy().tolist() == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
-    assert _metrics.accuracy(counts) == pytest.approx(4 / 6)
+    assert _metrics.accuracy(true, predicted) == pytest.approx(4 / 6)
     assert _metrics.baseline_accuracy(counts) == pytest.approx(3 / 6)
-    report = _metrics.class_report(counts)
+    report = _metrics.class_report(true, predicted, ["a", "b", "c"])
     assert report["precision"].tolist() == pytest.approx([1, 0.5, 0.5])
     assert report["recall"].tolist() == pytest.approx([2 / 3, 0.5, 1])
     assert report["F1"].tolist() == pytest.approx([0.8, 0.5, 2 / 3])
     assert report["support"].tolist() == [3, 2, 1]
-    macro = _metrics.macro_average(report)
+    macro = _metrics.macro_average(true, predicted)
     assert macro["precision"] == pytest.approx(2 / 3)
     assert macro["recall"] == pytest.approx(13 / 18)
     assert macro["F1"] == pytest.approx((0.8 + 0.5 + 2 / 3) / 3)
@@ -99,9 +102,22 @@ def test_classification_metrics_by_hand():
 
 
 def test_precision_of_a_class_never_predicted_is_zero():
-    counts = _metrics.confusion_counts(pd.Series(list("ab")), pd.Series(list("aa")), ["a", "b"])
-    report = _metrics.class_report(counts)
+    report = _metrics.class_report(pd.Series(list("ab")), pd.Series(list("aa")), ["a", "b"])
     assert report.loc["b", "precision"] == 0 and report.loc["b", "F1"] == 0
+
+
+def test_page_macro_f1_is_the_fits_validation_macro_f1(tmp_path):
+    """With a class only predicted ('d'), the confusion-matrix section shows the same
+    macro F1 and accuracy as a fit's validation metrics (core.metrics) on those labels:
+    each class counted once, 'd' with F1 0, so (0.8 + 0.5 + 0 + 0) / 4."""
+    from q2_aam._visualizers import classification_section
+    from q2_aam.core.supervised import classification_metrics
+    true, predicted = pd.Series(list("aaabbc")), pd.Series(list("aabbcd"))
+    validation = classification_metrics(true.to_numpy(), predicted.to_numpy())
+    assert validation["macro_f1"] == pytest.approx(1.3 / 4)
+    section, _ = classification_section(str(tmp_path), true, predicted, None, "test labels")
+    assert f"<th>Macro F1</th><td>{validation['macro_f1']:.4g}</td>" in section
+    assert f"<th>Accuracy</th><td>{validation['accuracy']:.4g}</td>" in section
 
 
 def test_roc_counts_ties_as_half():
@@ -114,7 +130,7 @@ def test_roc_counts_ties_as_half():
 def test_align_reports_partial_overlap():
     predictions = pd.Series([1.0, 2.0, 3.0], index=["a", "b", "c"])
     truth = pd.Series([1.0, np.nan, 3.0, 4.0], index=["a", "b", "c", "d"])
-    predicted, true, note = _metrics.align(predictions, truth, "age")
+    predicted, true, note = _metrics.align(predictions, truth, "age", missing_samples="ignore")
     assert predicted.index.tolist() == ["a", "c"] and true.tolist() == [1.0, 3.0]
     assert "Only the 2 samples" in note and "1 of 3" in note and "1 of 3." in note
 
@@ -128,7 +144,8 @@ def scatter_directory(aam, tmp_path_factory):
     predictions = regressor_predictions([1.0, 3.0, 2.0, 5.0, 9.0], ids)
     truth = metadata(ids=["s1", "s2", EVIL_ID, "s4", "only-true"],
                      age=[1.0, 2.0, 3.0, 4.0, 7.0]).get_column("age")
-    visualization, = aam.visualizers.scatterplot(predictions=predictions, truth=truth)
+    visualization, = aam.visualizers.scatterplot(predictions=predictions, truth=truth,
+                                                 missing_samples="ignore")
     return exported(visualization, tmp_path_factory.mktemp("viz"), "scatterplot")
 
 
@@ -156,7 +173,26 @@ def test_scatterplot_without_shared_samples_names_both_counts(aam):
     predictions = regressor_predictions([1.0, 2.0, 3.0], ["a", "b", "c"])
     truth = metadata(ids=["x", "y"], age=[1.0, 2.0]).get_column("age")
     with pytest.raises(ValueError, match=r"predictions \(3 samples\).*'age' \(2 samples"):
-        aam.visualizers.scatterplot(predictions=predictions, truth=truth)
+        aam.visualizers.scatterplot(predictions=predictions, truth=truth,
+                                    missing_samples="ignore")
+
+
+@pytest.mark.parametrize("visualizer", ["scatterplot", "confusion_matrix"])
+def test_missing_samples_error_names_the_predictions_without_truth(aam, visualizer):
+    if visualizer == "scatterplot":
+        predictions = regressor_predictions([1.0, 2.0, 3.0], ["a", "b", "c"])
+        truth = metadata(ids=["a", "b"], age=[1.0, 2.0]).get_column("age")
+    else:
+        predictions = qiime2.Artifact.import_data(
+            "SampleData[ClassifierPredictions]",
+            pd.Series(["x", "y", "x"], index=pd.Index(["a", "b", "c"], name="id"),
+                      name="prediction"))
+        truth = metadata(ids=["a", "b"], age=["x", "y"]).get_column("age")
+    with pytest.raises(ValueError, match=r"1 predicted sample\(s\) have no value in 'age': c\. "
+                                         r".*missing_samples='ignore'"):
+        getattr(aam.visualizers, visualizer)(predictions=predictions, truth=truth)
+    getattr(aam.visualizers, visualizer)(predictions=predictions, truth=truth,
+                                         missing_samples="ignore")
 
 
 def test_scatterplot_through_the_cli(tmp_path):
@@ -228,6 +264,7 @@ def hand_made_bundle(task, members=1):
     ids = ["v1", EVIL_ID, "v3", "v4"]
     info = {"best_epoch": 2, "training": {"epochs": 3, "batch_size": 8}}
     if task == "regressor":
+        info["target_scaling"] = {"mean": 2.5, "std": 1.0}
         validation = pd.DataFrame({"sample_id": ids, "true": [1.0, 2.0, 3.0, 4.0],
                                    "predicted": [1.0, 3.0, 2.0, 5.0]})
     else:
@@ -242,8 +279,10 @@ def hand_made_bundle(task, members=1):
         info["best_epoch"] = [2 + k for k in range(members)]
     config = ModelConfig(embedding_dim=16, attention_heads=2, attention_layers=1, task=task,
                          n_outputs=1 if task == "regressor" else 2, ensemble_size=members)
-    return ModelBundle(config, state_dict={}, history=history, info=info,
-                       validation=validation,
+    # Untrained weights: a summary reads the history and validation, not the weights,
+    # but a model artifact must hold the weights its configuration describes.
+    return ModelBundle(config, state_dict=build_model(config).state_dict(), history=history,
+                       info=info, validation=validation,
                        event_files={"run/events.out.tfevents.1": b"not really events"})
 
 
@@ -319,16 +358,27 @@ def test_summaries_in_browser(summaries, browser, tmp_path, task):
 # --- the browser helper and the usage examples ----------------------------------------
 
 
-def test_browser_helper_sees_errors_broken_images_and_dialogs(browser, tmp_path):
+def test_browser_helper_sees_every_problem_it_checks_for(browser, tmp_path):
     # A control: the checks above would pass vacuously if the helper saw nothing.
     (tmp_path / "index.html").write_text(
         "<html><body><p>hello</p><img src='missing.png'>"
-        "<script>console.error('boom'); alert('hi');</script></body></html>")
-    page = browser.open(tmp_path / "index.html")
-    assert any("boom" in error for error in page.errors)
+        "<script>console.error('boom'); alert('hi');</script>"
+        "<script>throw new Error('kaboom');</script>"
+        "<script>document.body.appendChild(document.createElement('iframe'))"
+        ".contentWindow.confirm('from a frame');</script>"
+        "<script>setTimeout(() => alert('after load'), 50);</script></body></html>")
+    page = browser.open(tmp_path / "index.html", screenshot=tmp_path / "control.png")
+    assert any("boom" in error for error in page.errors)                     # console
+    assert any("Uncaught Error: kaboom" in error for error in page.errors)    # exception
+    assert any("missing.png" in error and "Failed to load" in error for error in page.errors)
     assert page.broken_images == ["missing.png"]
-    assert page.dialogs == ["hi"]
+    assert page.dialogs == ["hi", "from a frame", "after load"]
     assert "hello" in page.text
+    # The screenshot is the rendered page (a PNG as wide as the window), and one of a
+    # page this empty is below the size check_in_browser demands: a blank render fails.
+    png = (tmp_path / "control.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(png[16:20], "big") == 1366
+    assert len(png) < MIN_SCREENSHOT_BYTES
 
 
 @pytest.mark.parametrize("action, output", [("scatterplot", "age_scatterplot"),

@@ -10,8 +10,9 @@ import torch
 from .bundle import ModelBundle
 from .config import ModelConfig, TrainConfig
 from .data import split_indices
-from .losses import LossFunction
+from .losses import LossFunction, resolve_regression_loss
 from .lookup import NeighbourLookup, agreed_answer, choose_tolerance
+from .metrics import classification_metrics, regression_metrics
 from .model import AAMModel
 from .train import predict_outputs, resolve_device, train
 
@@ -20,24 +21,6 @@ from .train import predict_outputs, resolve_device, train
 # samples) 32, 64 and 128 bins gave the same held-out MAE within seed spread; on
 # 160 simulated samples 64 bins learned slowly and 8-16 did better.
 SAMPLES_PER_BIN, MIN_BINS, MAX_BINS = 20, 8, 64
-
-
-def regression_metrics(true, predicted):
-    error = predicted - true
-    total = ((true - true.mean()) ** 2).sum()
-    return {"mae": float(np.abs(error).mean()), "rmse": float(np.sqrt((error ** 2).mean())),
-            "r2": float(1 - (error ** 2).sum() / total) if total > 0 else float("nan")}
-
-
-def classification_metrics(true, predicted, n_classes):
-    f1s = []
-    for c in range(n_classes):
-        tp = np.sum((predicted == c) & (true == c))
-        precision = tp / max(1, np.sum(predicted == c))
-        recall = tp / max(1, np.sum(true == c))
-        if np.any(true == c):
-            f1s.append(0.0 if tp == 0 else 2 * precision * recall / (precision + recall))
-    return {"accuracy": float(np.mean(true == predicted)), "macro_f1": float(np.mean(f1s))}
 
 
 def decode(task, info, outputs):
@@ -105,7 +88,7 @@ def evaluate_targets(bundle_info, task, batch_size):
                                "predicted": predicted})
         for c, label in enumerate(classes):
             detail[f"prob:{label}"] = probabilities[:, c]
-        metrics = classification_metrics(true_codes, probabilities.argmax(1), len(classes))
+        metrics = classification_metrics(true_codes, probabilities.argmax(1))
         return metrics, detail
     return evaluate
 
@@ -119,8 +102,7 @@ def member_seeds(random_seed, ensemble_size):
 
 
 def fit(data, targets, task, model_cfg: ModelConfig, train_cfg: TrainConfig, encoder=None,
-        freeze_encoder=False, class_weights="none", zero_distance_weight=1.0,
-        lookup_neighbours=0, log=None):
+        freeze_encoder=False, class_weights="none", lookup_neighbours=0, log=None):
     """Fit a regressor (float targets) or classifier (string labels) on `data`.
 
     With `encoder` (a pretrained encoder ModelBundle) its weights start the
@@ -144,6 +126,8 @@ def fit(data, targets, task, model_cfg: ModelConfig, train_cfg: TrainConfig, enc
         raise ValueError("freeze_encoder needs a pretrained_encoder: a randomly initialized "
                          "encoder would stay random.")
     log = log or (lambda message: print(message, file=sys.stderr))
+    train_cfg = replace(train_cfg, regression_loss=resolve_regression_loss(
+        train_cfg.regression_loss, pretrained=encoder is not None))
     seeds = member_seeds(train_cfg.random_seed, model_cfg.ensemble_size)
     info = {"training": train_cfg.to_dict(), "freeze_encoder": bool(freeze_encoder),
             "pretrained": encoder is not None, "n_samples": len(data)}
@@ -206,11 +190,8 @@ def fit(data, targets, task, model_cfg: ModelConfig, train_cfg: TrainConfig, enc
             counts = np.bincount(data.targets[train_idx], minlength=n_outputs).astype(np.float64)
             weights = torch.tensor(len(train_idx) / (n_outputs * np.maximum(counts, 1)),
                                    dtype=torch.float32)
-        loss_fn = LossFunction(task, nuc_penalty=train_cfg.nuc_penalty,
-                               unifrac_penalty=train_cfg.unifrac_penalty,
-                               zero_distance_weight=zero_distance_weight, class_weights=weights,
-                               regression_loss=train_cfg.regression_loss,
-                               bin_centers=bin_centers)
+        loss_fn = LossFunction.for_run(task, train_cfg, class_weights=weights,
+                                       bin_centers=bin_centers)
         member_cfg = replace(train_cfg, random_seed=seed, tensorboard_dir=_member_dir(
             train_cfg.tensorboard_dir, k, len(seeds)))
         results.append(train(model, data, train_idx, val_idx, loss_fn, member_cfg,
