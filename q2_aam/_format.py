@@ -1,9 +1,19 @@
+"""The AAMModel directory format.
+
+Level 'min' checks each file on its own, cheaply (config.json's structure, the
+safetensors headers, the tables' shape). Level 'max' (`qiime tools import`,
+`qiime tools validate`) proves that the model loads and answers: every check of
+ModelBundle.load (the files agree with each other), then a run of the model on
+a made-up sample. Whatever a hand-edited file holds, validation fails with a
+ValidationError naming the file, never with another exception.
+"""
 import csv
+import io
 
 import qiime2.plugin.model as model
 from qiime2.plugin import ValidationError
 
-from .core.bundle import check_weights, read_config
+from .core.bundle import ModelBundle, check_answers, check_weights, read_config
 
 
 class AAMConfigFormat(model.TextFileFormat):
@@ -17,7 +27,7 @@ class AAMConfigFormat(model.TextFileFormat):
 class SafetensorsFormat(model.BinaryFileFormat):
     def _validate_(self, level):
         try:
-            check_weights(str(self))
+            check_weights(str(self), read_tensors=level == "max")
         except ValueError as err:
             raise ValidationError(str(err)) from err
 
@@ -26,9 +36,15 @@ class TrainingTableFormat(model.TextFileFormat):
     """A tab-separated table with a header row (history.tsv, validation.tsv)."""
 
     def _validate_(self, level):
-        with self.open() as fh:
-            rows = list(csv.reader(fh, delimiter="\t"))
         name = self.path.name
+        try:
+            with self.path.open("rb") as fh:
+                text = fh.read().decode("utf-8")
+            rows = list(csv.reader(io.StringIO(text, newline=""), delimiter="\t"))
+        except UnicodeDecodeError as err:
+            raise ValidationError(f"{name} is not UTF-8 text: {err}.") from err
+        except csv.Error as err:
+            raise ValidationError(f"{name} is not a tab-separated table: {err}.") from err
         if not rows or not rows[0]:
             raise ValidationError(f"{name} is empty; it needs a header row.")
         width = len(rows[0])
@@ -57,3 +73,11 @@ class AAMModelDirectoryFormat(model.DirectoryFormat):
     @events.set_path_maker
     def events_path_maker(self, name):
         return f"tensorboard/{name}"
+
+    def _validate_(self, level):
+        if level != "max":
+            return
+        try:
+            check_answers(ModelBundle.load(str(self.path)))
+        except ValueError as err:
+            raise ValidationError(str(err)) from err

@@ -1,12 +1,43 @@
 """Turn QIIME 2 views into the core's SampleSet, refusing bad input clearly."""
+import os
 import sys
 
 import numpy as np
+
+# q2cli without --verbose points file descriptors 1 and 2 at a log file while an
+# action runs, and shows that log only when the action fails. The stderr this
+# process started with (taken when the plugin is imported, before any action
+# runs) is where `notice` reaches the user anyway.
+try:
+    _STARTUP_STDERR = os.dup(2)
+except OSError:
+    _STARTUP_STDERR = None
 
 
 def log(message):
     # stderr is what `qiime --verbose` shows.
     print(message, file=sys.stderr)
+
+
+def notice(message):
+    """`message` on stderr, and also on the process's original stderr when
+    that has been redirected (q2cli without --verbose): for what the user must
+    learn even from a run that succeeds, such as samples left out."""
+    log(message)
+    if _STARTUP_STDERR is not None and _stderr_redirected():
+        sys.stderr.flush()
+        try:
+            os.write(_STARTUP_STDERR, f"{message}\n".encode("utf-8", "replace"))
+        except OSError:
+            pass
+
+
+def _stderr_redirected():
+    try:
+        now, then = os.fstat(2), os.fstat(_STARTUP_STDERR)
+    except OSError:
+        return False
+    return (now.st_dev, now.st_ino) != (then.st_dev, then.st_ino)
 
 
 def _few(ids, n=5):
@@ -20,10 +51,11 @@ def build_sample_set(table, sequences, max_bp, asv_limit, min_samples=1):
     from .core.data import SampleSet   # imports torch: only when an action runs
     if table.is_empty() or table.shape[0] == 0 or table.shape[1] == 0:
         raise ValueError("The feature table is empty: it has no samples or no features.")
+    check_counts(table)
     totals = table.sum(axis="sample")
     if (totals == 0).any():
         empty = table.ids(axis="sample")[totals == 0]
-        log(f"Dropping {len(empty)} sample(s) with zero counts: {_few(empty)}.")
+        notice(f"Dropping {len(empty)} sample(s) with zero counts: {_few(empty)}.")
         table = table.filter(empty, axis="sample", invert=True, inplace=False)
     if table.shape[1] < min_samples:
         raise ValueError(
@@ -42,11 +74,59 @@ def build_sample_set(table, sequences, max_bp, asv_limit, min_samples=1):
     counts = table.matrix_data.T.tocsr()      # samples x features
     data = SampleSet(counts, table.ids(axis="sample"), feature_ids, seq_lookup, max_bp, asv_limit)
     if data.n_truncated:
-        log(f"{data.n_truncated} sequence(s) longer than max_bp={max_bp} were truncated.")
+        notice(f"{data.n_truncated} sequence(s) longer than max_bp={max_bp} were truncated.")
     if data.n_capped:
-        log(f"{data.n_capped} sample(s) hold more than asv_limit={asv_limit} features; "
+        notice(f"{data.n_capped} sample(s) hold more than asv_limit={asv_limit} features; "
             "their most abundant features were kept.")
     return data
+
+
+def check_counts(table):
+    """Every count of the biom.Table is a finite, non-negative number; a
+    ValueError naming the samples and features otherwise."""
+    counts = table.matrix_data.tocoo()       # features x samples; only stored entries
+    bad = ~np.isfinite(counts.data) | (counts.data < 0)
+    if not bad.any():
+        return
+    samples = table.ids(axis="sample")[np.unique(counts.col[bad])]
+    features = table.ids(axis="observation")[np.unique(counts.row[bad])]
+    first = np.flatnonzero(bad)[0]
+    example = (f"{counts.data[first]!r} for feature "
+               f"{table.ids(axis='observation')[counts.row[first]]} "
+               f"in sample {table.ids(axis='sample')[counts.col[first]]}")
+    raise ValueError(
+        f"The feature table holds {int(bad.sum())} count(s) that are negative, infinite or "
+        f"missing (NaN), e.g. {example}: in {len(samples)} sample(s) ({_few(samples)}) and "
+        f"{len(features)} feature(s) ({_few(features)}). Counts must be finite and at least 0; "
+        "correct the table, or remove those samples or features (`qiime feature-table "
+        "filter-samples` / `filter-features`).")
+
+
+def refuse_non_finite(values, what, sample_ids, model):
+    """Refuse to write `values` (one row per sample) unless all are finite; the
+    error says what the model's weights show about why."""
+    values = np.asarray(values, dtype=np.float64).reshape(len(sample_ids), -1)
+    bad = ~np.isfinite(values).all(axis=1)
+    if not bad.any():
+        return
+    raise ValueError(
+        f"The model gave non-finite (NaN or infinite) {what} for {int(bad.sum())} of "
+        f"{len(sample_ids)} sample(s) ({_few(np.asarray(sample_ids, dtype=object)[bad])}); "
+        f"nothing was written. {_weights_diagnosis(model.state_dict)} Re-fit the model (a fit "
+        "that diverged may need a lower learning_rate), or use another one; `qiime tools "
+        "validate --level max` checks a model artifact.")
+
+
+def _weights_diagnosis(state_dict):
+    import torch
+    largest, where = 0.0, None
+    for name, tensor in state_dict.items():
+        if not torch.isfinite(tensor).all():
+            return f"Its weights hold NaN or infinite values (in {name})."
+        if tensor.numel() and tensor.abs().max().item() >= largest:
+            largest, where = tensor.abs().max().item(), name
+    return (f"Its weights are finite but reach {largest:.3g} (in {where}): its arithmetic "
+            "overflows, so the weights are damaged or came from a fit that diverged.")
 
 
 def attach_distances(data, distance_matrix):

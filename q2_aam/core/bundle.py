@@ -6,24 +6,47 @@ history.tsv        one row per epoch
 validation.tsv     the best epoch's validation predictions (optional)
 lookup.safetensors a regressor's neighbour look-up references (optional; lookup.py)
 tensorboard/       the run's TensorBoard event files
+
+Loading checks that the files agree with each other (every tensor the
+configuration needs, of its shape, in float32 and finite; task information that
+fits the model's head; consistent look-up arrays), so that a loaded model either
+answers or was refused with a message naming the file and the problem.
+`check_answers` goes one step further and runs the model on a made-up sample
+(QIIME 2's validation at level 'max').
 """
+import csv
 import json
+import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import pandas as pd
 
-from .config import ModelConfig
+from .config import TASKS, ModelConfig
 from .tokenizer import VOCAB_SIZE
 
-# torch is imported inside the methods: the QIIME 2 plugin imports this module
+# torch is imported inside the functions: the QIIME 2 plugin imports this module
 # at start-up, and every `qiime` command loads every plugin.
 
 CONFIG, WEIGHTS, HISTORY, VALIDATION, LOOKUP, EVENTS_DIR = (
     "config.json", "model.safetensors", "history.tsv", "validation.tsv", "lookup.safetensors",
     "tensorboard")
 FORMAT_VERSION = 1
+# Models saved before the ASV whitening existed lack its buffers; their identity
+# default is exactly how those models ran.
+OPTIONAL_TENSORS = {"asv_center", "asv_whitening"}
+# Deeper JSON than this is no configuration q2-aam wrote (and deep enough nesting
+# would exhaust Python's recursion when the model is saved again).
+MAX_JSON_DEPTH = 32
+MAX_SIZE = 2 ** 31 - 1         # any integer of the model configuration
+LOOKUP_ARRAYS = {"digests": (np.uint8, 2), "indptr": (np.int64, 1), "indices": (np.int64, 1),
+                 "targets": (np.float64, 1)}
+VALIDATION_COLUMNS = {"encoder": ("sample_a", "sample_b", "true", "predicted"),
+                      "regressor": ("sample_id", "true", "predicted"),
+                      "classifier": ("sample_id", "true", "predicted")}
+REMEDY = ("Use the model as q2-aam saved it (re-import the original files or re-fit the "
+          "model); hand-edited model files are refused.")
 
 
 @dataclass
@@ -44,13 +67,9 @@ class ModelBundle:
 
     def build_model(self):
         from .model import build_model
+        check_weights_match(self.model_config, self.state_dict)
         model = build_model(self.model_config)
-        # Models saved before the ASV whitening existed lack its buffers; their
-        # identity default is exactly how those models ran.
-        missing, unexpected = model.load_state_dict(self.state_dict, strict=False)
-        if unexpected or set(missing) - {"asv_center", "asv_whitening"}:
-            raise ValueError(f"The weights do not match the model configuration: missing "
-                             f"{sorted(missing)}, unexpected {sorted(unexpected)}.")
+        model.load_state_dict(self.state_dict, strict=False)
         model.eval()
         return model
 
@@ -87,21 +106,27 @@ class ModelBundle:
 
     @classmethod
     def load(cls, directory):
-        from safetensors.torch import load_file
+        """Read a saved model; ValueError naming the file and the problem when its
+        files are unreadable or disagree (see the module docstring)."""
         config = read_config(os.path.join(directory, CONFIG))
-        state_dict = load_file(os.path.join(directory, WEIGHTS))
-        history = pd.read_csv(os.path.join(directory, HISTORY), sep="\t")
+        model_config = ModelConfig.from_dict(config["model"])
+        info = config.get("info", {})
+        check_info(model_config, info)
+        state_dict = read_weights(os.path.join(directory, WEIGHTS))
+        check_weights_match(model_config, state_dict)
+        history = read_table(os.path.join(directory, HISTORY), ("epoch",))
         validation_path = os.path.join(directory, VALIDATION)
-        validation = (pd.read_csv(validation_path, sep="\t", dtype={"sample_id": str})
-                      if os.path.exists(validation_path) else None)
-        events = read_files(os.path.join(directory, EVENTS_DIR))
+        validation = None
+        if os.path.exists(validation_path):
+            validation = read_table(validation_path, VALIDATION_COLUMNS[model_config.task],
+                                    dtype={"sample_id": str})
         lookup_path = os.path.join(directory, LOOKUP)
         lookup = None
         if os.path.exists(lookup_path):
-            from safetensors.numpy import load_file as load_arrays
-            lookup = load_arrays(lookup_path)
-        return cls(ModelConfig.from_dict(config["model"]), state_dict, history,
-                   config.get("info", {}), validation, events, lookup)
+            lookup = read_lookup(lookup_path)
+            check_lookup(model_config, info, lookup)
+        events = read_files(os.path.join(directory, EVENTS_DIR))
+        return cls(model_config, state_dict, history, info, validation, events, lookup)
 
 
 def read_files(directory):
@@ -115,34 +140,324 @@ def read_files(directory):
     return files
 
 
+# --- config.json ------------------------------------------------------------------------
+
+
 def read_config(path):
     """Parse and check config.json; ValueError naming the file on any problem."""
+    name = os.path.basename(path)
     try:
-        with open(path) as fh:
+        with open(path, encoding="utf-8") as fh:
             config = json.load(fh)
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{os.path.basename(path)} is not valid JSON: {err}") from err
+    except RecursionError as err:
+        raise ValueError(f"{name} is nested too deeply to be a model configuration.") from err
+    except (OSError, ValueError) as err:    # JSONDecodeError and UnicodeDecodeError included
+        raise ValueError(f"{name} is not valid JSON: {err}") from err
+    if _json_depth(config) > MAX_JSON_DEPTH:
+        raise ValueError(f"{name} is nested more than {MAX_JSON_DEPTH} levels deep; a model "
+                         f"configuration is not. {REMEDY}")
     if not isinstance(config, dict) or "model" not in config:
-        raise ValueError(f"{os.path.basename(path)} lacks the 'model' section.")
-    if config.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{os.path.basename(path)} has format_version "
+        raise ValueError(f"{name} lacks the 'model' section.")
+    if config.get("format_version") != FORMAT_VERSION or isinstance(
+            config.get("format_version"), bool):
+        raise ValueError(f"{name} has format_version "
                          f"{config.get('format_version')!r}; this q2-aam reads {FORMAT_VERSION}.")
+    vocabulary = config.get("vocabulary_size", VOCAB_SIZE)
+    if vocabulary != VOCAB_SIZE or isinstance(vocabulary, bool):
+        raise ValueError(f"{name} has vocabulary_size {vocabulary!r}; this q2-aam's tokenizer "
+                         f"has {VOCAB_SIZE} tokens.")
+    if not isinstance(config.get("info", {}), dict):
+        raise ValueError(f"{name}: 'info' must be a JSON object, not "
+                         f"{_json_type(config['info'])}. {REMEDY}")
     try:
+        check_model_section(config["model"])
         ModelConfig.from_dict(config["model"])
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{os.path.basename(path)} holds an invalid model configuration: {err}") from err
+    except (TypeError, ValueError, ArithmeticError) as err:   # attention_heads 0: modulo by 0
+        raise ValueError(f"{name} holds an invalid model configuration: {err}") from err
     return config
 
 
-def check_weights(path):
-    """Read the safetensors header and every tensor; ValueError naming the file if corrupt."""
+def check_model_section(section):
+    """The 'model' section's values have ModelConfig's types and sane ranges
+    (missing ones take ModelConfig's defaults, as in models saved before they
+    existed)."""
+    if not isinstance(section, dict):
+        raise TypeError(f"'model' must be a JSON object, not {_json_type(section)}.")
+    for f in fields(ModelConfig):
+        if f.name not in section:
+            continue
+        value = section[f.name]
+        if f.type is int:
+            ok = isinstance(value, int) and not isinstance(value, bool) and \
+                0 <= value <= MAX_SIZE
+            wanted = f"an integer from 0 to {MAX_SIZE}"
+        elif f.type is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and \
+                math.isfinite(value)
+            wanted = "a finite number"
+        else:
+            ok = isinstance(value, f.type)
+            wanted = {bool: "true or false", str: "a string"}.get(f.type, f.type.__name__)
+        if not ok:
+            raise TypeError(f"{f.name} must be {wanted}, not {_describe(value)}.")
+    if "task" in section and section["task"] not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, not {_describe(section['task'])}.")
+    if section.get("attention_heads", 1) < 1:     # before ModelConfig divides by it
+        raise ValueError(f"attention_heads must be at least 1, not {section['attention_heads']}.")
+    if not 0 <= section.get("dropout", 0.0) < 1:
+        raise ValueError(f"dropout must be in [0, 1), not {section['dropout']!r}.")
+
+
+def _json_depth(value):
+    """Nesting depth of parsed JSON, without recursion."""
+    depth, level = 0, [value]
+    while level:
+        depth += 1
+        level = [child for item in level
+                 for child in (item.values() if isinstance(item, dict) else
+                               item if isinstance(item, list) else ())]
+    return depth - 1
+
+
+def _json_type(value):
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
+            type(None): "null"}.get(type(value), "a number")
+
+
+def _describe(value):
+    text = json.dumps(value) if not isinstance(value, float) or math.isfinite(value) \
+        else repr(value)
+    return text if len(text) <= 40 else f"{_json_type(value)} ({text[:37]}...)"
+
+
+# --- task information ---------------------------------------------------------------------
+
+
+def check_info(model_config, info):
+    """The task information a prediction reads is complete and fits the head:
+    a regressor's target scaling (and bin centers, one per output), a
+    classifier's labels (one per output)."""
+    task, n_outputs = model_config.task, model_config.n_outputs
+    if not isinstance(info, dict):
+        raise ValueError(f"{CONFIG}: 'info' must be a JSON object. {REMEDY}")
+    if task == "encoder" and model_config.ensemble_size != 1:
+        raise ValueError(f"{CONFIG} describes an encoder ensemble (ensemble_size "
+                         f"{model_config.ensemble_size}); encoders are single models. {REMEDY}")
+    if task == "regressor":
+        scaling = info.get("target_scaling")
+        if not (isinstance(scaling, dict) and _is_number(scaling.get("mean"))
+                and _is_number(scaling.get("std")) and scaling["std"] > 0):
+            raise ValueError(
+                f"{CONFIG}: a regressor's info needs 'target_scaling' with a finite 'mean' and "
+                f"a positive, finite 'std' (the units its predictions are given in); it has "
+                f"{_describe(scaling)}. {REMEDY}")
+        bins = info.get("target_bins")
+        if bins is None and n_outputs != 1:
+            raise ValueError(f"{CONFIG}: the regressor has {n_outputs} outputs but no "
+                             f"'target_bins' to read them as; a plain regressor has 1. {REMEDY}")
+        if bins is not None:
+            if not (isinstance(bins, list) and len(bins) >= 2 and all(map(_is_number, bins))
+                    and all(a < b for a, b in zip(bins, bins[1:]))):
+                raise ValueError(f"{CONFIG}: 'target_bins' must be a list of at least 2 finite "
+                                 f"numbers in increasing order. {REMEDY}")
+            if len(bins) != n_outputs:
+                raise ValueError(f"{CONFIG}: 'target_bins' holds {len(bins)} bin centers but the "
+                                 f"model has {n_outputs} outputs; they must match. {REMEDY}")
+    if task == "classifier":
+        classes = info.get("classes")
+        if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)
+                and len(set(classes)) == len(classes) and len(classes) >= 2):
+            raise ValueError(f"{CONFIG}: a classifier's info needs 'classes', a list of at "
+                             f"least 2 distinct labels (strings); it has {_describe(classes)}. "
+                             f"{REMEDY}")
+        if len(classes) != n_outputs:
+            raise ValueError(f"{CONFIG}: 'classes' names {len(classes)} labels but the model "
+                             f"has {n_outputs} outputs; they must match. {REMEDY}")
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        math.isfinite(value)
+
+
+# --- model.safetensors ----------------------------------------------------------------------
+
+
+def check_weights(path, read_tensors=True):
+    """Read the safetensors header (and, with `read_tensors`, every tensor);
+    ValueError naming the file if it is corrupt."""
     from safetensors import safe_open
     try:
-        with safe_open(path, framework="numpy") as fh:
+        # Reading tensors needs torch (numpy lacks bfloat16); the header does not.
+        with safe_open(path, framework="pt" if read_tensors else "numpy") as fh:
             for key in fh.keys():
-                fh.get_tensor(key)
+                fh.get_tensor(key) if read_tensors else fh.get_slice(key).get_shape()
     except Exception as err:   # safetensors raises several unrelated types
-        raise ValueError(f"{os.path.basename(path)} is not a readable safetensors file: {err}") from err
+        raise _unreadable(path, err) from err
+
+
+def read_weights(path):
+    from safetensors.torch import load_file
+    try:
+        return load_file(path)
+    except Exception as err:   # safetensors raises several unrelated types
+        raise _unreadable(path, err) from err
+
+
+def _unreadable(path, err):
+    return ValueError(f"{os.path.basename(path)} is not a readable safetensors file: {err}")
+
+
+def expected_shapes(model_config):
+    """{tensor name: shape} of the model `model_config` describes, built on
+    torch's meta device (no memory, no initialization)."""
+    import torch
+    from .model import build_model
+    with torch.device("meta"):
+        model = build_model(model_config)
+    return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+
+
+def check_weights_match(model_config, state_dict):
+    """The weights are exactly the tensors `model_config` describes: every name,
+    shape and dtype (float32), and finite. Nothing is cast: a model whose weights
+    would have to be converted is not the model that was fitted."""
+    import torch
+    # Every layer of every member holds tensors: a configuration describing far
+    # more layers than there are tensors is refused before building anything.
+    if model_config.attention_layers * model_config.ensemble_size > len(state_dict):
+        raise ValueError(
+            f"{WEIGHTS} holds {len(state_dict)} tensors, far fewer than the "
+            f"{model_config.attention_layers} attention layers x {model_config.ensemble_size} "
+            f"member(s) that {CONFIG} describes need. {REMEDY}")
+    try:
+        expected = expected_shapes(model_config)
+    except (RuntimeError, ValueError, TypeError, OverflowError, MemoryError) as err:
+        raise ValueError(f"{CONFIG} describes a model that cannot be built: {err}. "
+                         f"{REMEDY}") from err
+    missing = sorted(set(expected) - set(state_dict) - OPTIONAL_TENSORS)
+    extra = sorted(set(state_dict) - set(expected))
+    if missing or extra:
+        parts = ([f"lack {len(missing)} tensor(s) the configuration needs ({_few(missing)})"]
+                 if missing else []) + \
+                ([f"hold {len(extra)} tensor(s) the configuration has no place for "
+                  f"({_few(extra)})"] if extra else [])
+        raise ValueError(f"The weights ({WEIGHTS}) do not match the model configuration "
+                         f"({CONFIG}): they {' and '.join(parts)}. {REMEDY}")
+    wrong_shape = [f"{name} is {list(state_dict[name].shape)}, not {list(shape)}"
+                   for name, shape in expected.items()
+                   if name in state_dict and tuple(state_dict[name].shape) != shape]
+    if wrong_shape:
+        raise ValueError(f"The weights ({WEIGHTS}) do not match the model configuration "
+                         f"({CONFIG}): {len(wrong_shape)} tensor(s) have another shape "
+                         f"({'; '.join(wrong_shape[:3])}). {REMEDY}")
+    wrong_dtype = [f"{name} is {str(t.dtype).replace('torch.', '')}"
+                   for name, t in state_dict.items() if t.dtype != torch.float32]
+    if wrong_dtype:
+        raise ValueError(f"{WEIGHTS}: q2-aam models hold float32 weights, and "
+                         f"{len(wrong_dtype)} tensor(s) do not ({'; '.join(wrong_dtype[:3])}); "
+                         f"converting them would give another model. {REMEDY}")
+    non_finite = [name for name, t in state_dict.items() if not torch.isfinite(t).all()]
+    if non_finite:
+        raise ValueError(f"{WEIGHTS} holds NaN or infinite weights (in {_few(non_finite)}): the "
+                         "model cannot answer. Re-fit it (a fit that diverged: try a lower "
+                         "learning_rate).")
+
+
+def _few(names, n=3):
+    more = f" and {len(names) - n} more" if len(names) > n else ""
+    return ", ".join(map(repr, names[:n])) + more
+
+
+# --- history.tsv, validation.tsv ----------------------------------------------------------
+
+
+def read_table(path, required_columns, dtype=None):
+    """A tab-separated table with (at least) `required_columns`; ValueError naming
+    the file when it cannot be read as one."""
+    name = os.path.basename(path)
+    try:
+        table = pd.read_csv(path, sep="\t", dtype=dtype, encoding="utf-8")
+    except (ValueError, csv.Error, OverflowError) as err:   # pandas' parser errors included
+        raise ValueError(f"{name} is not a readable tab-separated table: {err}. "
+                         f"{REMEDY}") from err
+    absent = [c for c in required_columns if c not in table.columns]
+    if absent:
+        raise ValueError(f"{name} lacks the column(s) {', '.join(absent)}. {REMEDY}")
+    return table
+
+
+# --- lookup.safetensors ---------------------------------------------------------------------
+
+
+def read_lookup(path):
+    from safetensors.numpy import load_file
+    try:
+        return load_file(path)
+    except Exception as err:   # safetensors raises several unrelated types
+        raise _unreadable(path, err) from err
+
+
+def check_lookup(model_config, info, arrays):
+    """The neighbour look-up's arrays hold a CSR presence matrix of references x
+    ASVs, one digest per ASV and one finite target per reference (lookup.py), and
+    info holds its settings."""
+    def refuse(problem):
+        raise ValueError(f"{LOOKUP}: {problem}. {REMEDY}")
+
+    if model_config.task != "regressor":
+        refuse(f"only a regressor answers from neighbours, and this model is a "
+               f"{model_config.task}")
+    if set(arrays) != set(LOOKUP_ARRAYS):
+        refuse(f"it must hold exactly the arrays {', '.join(sorted(LOOKUP_ARRAYS))}; it holds "
+               f"{', '.join(sorted(arrays)) or 'none'}")
+    for name, (dtype, ndim) in LOOKUP_ARRAYS.items():
+        if arrays[name].dtype != dtype or arrays[name].ndim != ndim:
+            refuse(f"'{name}' must be a {ndim}-dimensional {np.dtype(dtype).name} array, not "
+                   f"{arrays[name].ndim}-dimensional {arrays[name].dtype.name}")
+    digests, indptr, indices, targets = (arrays[k] for k in
+                                         ("digests", "indptr", "indices", "targets"))
+    if digests.shape[1] != 16:
+        refuse(f"'digests' must hold 16 bytes per ASV, not {digests.shape[1]}")
+    if len(targets) == 0 or not np.isfinite(targets).all():
+        refuse("'targets' must hold at least one reference, every value finite")
+    if len(indptr) != len(targets) + 1 or indptr[0] != 0 or indptr[-1] != len(indices) \
+            or (np.diff(indptr) < 0).any():
+        refuse(f"'indptr' must rise from 0 to the {len(indices)} 'indices' in "
+               f"{len(targets) + 1} steps (one per reference, plus one)")
+    if len(indices) and (indices.min() < 0 or indices.max() >= len(digests)):
+        refuse(f"'indices' must point at the {len(digests)} ASV 'digests'")
+    settings = info.get("neighbour_lookup")
+    if not (isinstance(settings, dict) and isinstance(settings.get("neighbours"), int)
+            and not isinstance(settings["neighbours"], bool) and settings["neighbours"] >= 1
+            and _is_number(settings.get("tolerance")) and settings["tolerance"] >= 0):
+        refuse(f"{CONFIG}'s info needs 'neighbour_lookup' with 'neighbours' (a positive "
+               f"integer) and 'tolerance' (a non-negative number) for it")
+
+
+# --- does it answer? ------------------------------------------------------------------------
+
+
+def check_answers(bundle):
+    """Run `bundle` on a made-up sample of two ASVs and check that every answer
+    (embeddings, prediction, class probabilities, neighbour look-up) is finite.
+    ValueError otherwise."""
+    from .data import SampleSet
+    from .supervised import embed, predict
+    cfg = bundle.model_config
+    sequences = {"probe_a": "ACGT" * 40, "probe_b": "TTGCA" * 32}
+    data = SampleSet(np.array([[5.0, 2.0]]), ["probe"], list(sequences), sequences,
+                     cfg.max_bp, cfg.asv_limit)
+    answers = dict(zip(("sample embeddings", "distance embeddings"),
+                       embed(bundle, data, device="cpu")))
+    if bundle.task != "encoder":
+        predicted, probabilities = predict(bundle, data, device="cpu")
+        answers["class probabilities" if bundle.task == "classifier" else "prediction"] = \
+            probabilities if bundle.task == "classifier" else predicted
+    for what, values in answers.items():
+        if not np.isfinite(np.asarray(values, dtype=np.float64)).all():
+            raise ValueError(f"The model answers a test sample with non-finite {what} (NaN or "
+                             f"infinite): its weights are damaged. Re-fit the model.")
 
 
 def _package_version():
@@ -153,4 +468,5 @@ def _package_version():
         return "unknown"
 
 
-__all__ = ["ModelBundle", "read_config", "check_weights", "read_files"]
+__all__ = ["ModelBundle", "read_config", "check_weights", "read_files", "check_answers",
+           "check_weights_match", "check_info", "check_lookup"]

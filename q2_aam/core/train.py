@@ -8,8 +8,10 @@ steps and at epoch ends, never per step.
 import contextlib
 import math
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -82,6 +84,81 @@ def deterministic_kernels(device):
         torch.use_deterministic_algorithms(previous)
 
 
+def check_writable_directory(path, name):
+    """Create directory `path` if needed and write a file there, so that a
+    directory that cannot be used fails before training, in a ValueError that
+    names the setting `name` it came from."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except (OSError, ValueError) as err:
+        reason = getattr(err, "strerror", None) or str(err)
+        raise ValueError(f"{name}: cannot write TensorBoard event files to {path!r} ({reason}). "
+                         f"Give a directory that can be created and written to, or leave "
+                         f"{name} unset.") from err
+
+
+@contextlib.contextmanager
+def exit_on_sigterm():
+    """While training, SIGTERM (what `kill` and job schedulers send) raises
+    SystemExit, so that `with` blocks still clean up (the scratch directory of
+    the event files) instead of the process dying where it stands. The previous
+    handler is restored afterwards. Signal handlers live in the main thread only;
+    elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+class EventWriters:
+    """TensorBoard scalars written twice: to the run's private `scratch`
+    directory, whose files (this run's alone) are kept in the model, and, when
+    `live_dir` is given, to that directory for watching the run with
+    `tensorboard --logdir`. Nothing is ever read back from `live_dir`: it may
+    hold earlier runs and anything else."""
+
+    def __init__(self, scratch, live_dir, log):
+        from torch.utils.tensorboard import SummaryWriter
+        self.scratch = scratch
+        self.writers = [SummaryWriter(log_dir=scratch)]
+        if live_dir:
+            self.writers.append(SummaryWriter(log_dir=live_dir))
+        self.log = log
+
+    def add_scalar(self, key, value, step):
+        kept, *live = self.writers
+        kept.add_scalar(key, value, step)
+        for writer in live:
+            self._live(writer.add_scalar, key, value, step)
+
+    def close(self):
+        kept, *live = self.writers
+        kept.close()
+        for writer in live:
+            self._live(writer.close)
+
+    def _live(self, method, *args):
+        # The live copy is a convenience: a directory that fails mid-run (full
+        # disk, removed) stops it, never the training.
+        try:
+            method(*args)
+        except Exception as err:   # the writer's thread re-raises whatever it met
+            self.log(f"Stopped writing live TensorBoard files: {err}")
+            self.writers = self.writers[:1]
+
+    def event_files(self):
+        return read_files(self.scratch)
+
+
 def run_epoch_losses(model, data, indices, loss_fn, cfg, device, rng, optimizer=None,
                      schedule=None, progress=None, epoch=0):
     """One pass over `indices`; trains when an optimizer (and its schedule) is given.
@@ -141,6 +218,8 @@ def train(model, data, train_idx, val_idx, loss_fn, cfg: TrainConfig, evaluate=N
     the detail of the best epoch is returned as `best_validation`.
     """
     log = log or (lambda message: print(message, file=sys.stderr))
+    if cfg.tensorboard_dir:
+        check_writable_directory(cfg.tensorboard_dir, "tensorboard_dir")
     device = resolve_device(cfg.device)
     model.to(device)
     rng = np.random.default_rng(cfg.random_seed)
@@ -155,12 +234,11 @@ def train(model, data, train_idx, val_idx, loss_fn, cfg: TrainConfig, evaluate=N
         f"and the {cfg.scheduler} schedule; early stopping on {monitor} with patience "
         f"{cfg.patience}.")
 
-    from torch.utils.tensorboard import SummaryWriter
     from tqdm.auto import tqdm
 
-    with tempfile.TemporaryDirectory() as scratch, deterministic_kernels(device):
-        log_dir = cfg.tensorboard_dir or scratch
-        writer = SummaryWriter(log_dir=log_dir)
+    with exit_on_sigterm(), tempfile.TemporaryDirectory(prefix="q2-aam-") as scratch, \
+            deterministic_kernels(device):
+        writer = EventWriters(scratch, cfg.tensorboard_dir, log)
         progress = tqdm(total=cfg.epochs * steps_per_epoch, file=sys.stderr, unit="step",
                         mininterval=1.0, dynamic_ncols=True)
         rows, best, best_state, best_epoch, best_detail, stale = [], math.inf, None, 0, None, 0
@@ -205,7 +283,7 @@ def train(model, data, train_idx, val_idx, loss_fn, cfg: TrainConfig, evaluate=N
             writer.close()
         model.load_state_dict(best_state)
         log(f"Best epoch: {best_epoch} ({monitor} = {best:.4f}); its weights are kept.")
-        event_files = read_files(log_dir)
+        event_files = writer.event_files()
     return TrainResult(pd.DataFrame(rows), best_epoch, best_detail, event_files)
 
 
