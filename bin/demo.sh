@@ -5,7 +5,7 @@ QIIME=$1; PY=$2; OUT=$3
 rm -rf "$OUT"
 "$PY" -m q2_aam.demo "$OUT"
 MODEL="--p-embedding-dim 64 --p-attention-heads 4 --p-attention-layers 2 --p-batch-size 16"
-RUN="--p-epochs 15 --p-learning-rate 1e-3 --p-random-seed 1 --verbose"
+RUN="--p-epochs 15 --p-learning-rate 1e-3 --p-random-state 1 --verbose"
 
 echo "== pretrain: an encoder whose embedding distances reproduce UniFrac"
 "$QIIME" aam pretrain --i-table "$OUT/train-table.qza" --i-sequences "$OUT/sequences.qza" \

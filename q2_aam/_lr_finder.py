@@ -9,44 +9,50 @@ import skbio
 from . import _figures
 from ._inputs import attach_distances, build_sample_set, log
 from ._supervised import _check_classes, _sample_set_with_targets
+from ._parameters import PARAMETERS, configs, resolve_seed, takes_parameters
 from ._visualizers import _render
+
+# The parameters that set the model and the run; the others steer the sweep.
+ACTION_PARAMETERS = [name for name in PARAMETERS
+                     if PARAMETERS[name].destination in ("model", "train")]
 
 # The action whose learning rate the test informs, and what its loss holds.
 ACTIONS = {"encoder": "pretrain", "regressor": "fit-regressor", "classifier": "fit-classifier"}
 
 
+@takes_parameters("find_learning_rate")
 def find_learning_rate(output_dir: str, table: biom.Table, sequences: pd.Series,
                        distance_matrix: skbio.DistanceMatrix = None,
-                       metadata: qiime2.MetadataColumn = None, missing_samples: str = "error",
-                       embedding_dim: int = 128, attention_heads: int = 4,
-                       attention_layers: int = 4, max_bp: int = 150, asv_limit: int = 1024,
-                       kmer_size: int = 6, batch_size: int = 32, optimizer: str = "adamw",
-                       weight_decay: float = 0.01, min_learning_rate: float = 1e-6,
-                       max_learning_rate: float = 1.0, steps: int = 200, device: str = "auto",
-                       random_seed: int = 0) -> None:
+                       metadata: qiime2.MetadataColumn = None, **parameters) -> None:
     # torch loads only when an action runs: every `qiime` call imports every plugin.
-    from .core.config import ModelConfig, TrainConfig
     from .core.lr_finder import lr_range_test, steps_skipped
 
+    min_learning_rate, max_learning_rate, steps, optimizer, batch_size = (
+        parameters[k] for k in ("min_learning_rate", "max_learning_rate", "steps",
+                                "optimizer", "batch_size"))
     if distance_matrix is None and metadata is None:
         raise ValueError("Give a distance_matrix (the range test of pretrain's losses), a "
                          "metadata column (of fit-regressor's or fit-classifier's), or both.")
     if min_learning_rate >= max_learning_rate:
         raise ValueError(f"min_learning_rate ({min_learning_rate}) must be smaller than "
                          f"max_learning_rate ({max_learning_rate}).")
-    model_cfg = ModelConfig(embedding_dim=embedding_dim, attention_heads=attention_heads,
-                            attention_layers=attention_layers, max_bp=max_bp,
-                            asv_limit=asv_limit,
-                            # as the fits build it; pretrain has no k-mer embeddings
-                            kmer_size=0 if metadata is None else kmer_size)
+    # Built as the action it informs builds its model and run: pretrain has no
+    # k-mer embeddings and masks bases, the fits' presets do neither.
+    preset = "pretrain" if metadata is None else "fit"
+    model_cfg, train_cfg, _ = configs(
+        preset, {k: v for k, v in parameters.items()
+                 if k in ACTION_PARAMETERS and (preset == "fit" or k != "kmer_size")},
+        random_seed=resolve_seed(parameters["random_state"]))
     if metadata is None:
         task, targets = "encoder", None
-        data = build_sample_set(table, sequences, max_bp, asv_limit, min_samples=2)
+        data = build_sample_set(table, sequences, model_cfg.max_bp, model_cfg.asv_limit,
+                                min_samples=2)
         losses = "the UniFrac and masked-nucleotide losses of pretrain"
     else:
         task = "regressor" if isinstance(metadata, qiime2.NumericMetadataColumn) else "classifier"
-        data, targets = _sample_set_with_targets(table, sequences, metadata, missing_samples,
-                                                 max_bp, asv_limit)
+        data, targets = _sample_set_with_targets(table, sequences, metadata,
+                                                 parameters["missing_samples"],
+                                                 model_cfg.max_bp, model_cfg.asv_limit)
         if task == "classifier":
             _check_classes(targets, validation_fraction=0.0)
         losses = (f"the {'regression' if task == 'regressor' else 'classification'} loss of "
@@ -54,10 +60,6 @@ def find_learning_rate(output_dir: str, table: biom.Table, sequences: pd.Series,
                                           else ""))
     if distance_matrix is not None:
         attach_distances(data, distance_matrix)
-    # Masking as the action's default: on for pretraining, off for the fits.
-    train_cfg = TrainConfig(batch_size=batch_size, optimizer=optimizer, weight_decay=weight_decay,
-                            nuc_mask_ratio=0.15 if task == "encoder" else 0.0, device=device,
-                            random_seed=random_seed)
     log(f"Range test of {losses} on {len(data)} samples.")
     result = lr_range_test(data, targets, task, model_cfg, train_cfg, min_learning_rate,
                            max_learning_rate, steps, log=log)

@@ -2,6 +2,8 @@
 import biom
 import numpy as np
 
+from ._parameters import resolve_seed, takes_parameters
+
 
 def _split(ctx, table, metadata, test_size, random_seed, missing_samples, stratify,
            validation_fraction=0.0):
@@ -31,62 +33,53 @@ def _split(ctx, table, metadata, test_size, random_seed, missing_samples, strati
     parts = []
     for idx in (train_idx, test_idx):
         subset = biom_table.filter([ids[i] for i in idx], axis="sample", inplace=False)
-        parts.append(ctx.make_artifact("FeatureTable[Frequency]", subset))
+        parts.append(ctx.make_artifact(table.type, subset))
     return parts
 
 
-# The pipelines list every fit parameter explicitly: QIIME 2 reads the
-# signature, and each parameter passes through to the fit unchanged.
+def _fit_parameters(parameters, seed):
+    """The fit's parameters: the pipeline's, less its own, with the drawn seed
+    (the split and the fit share it)."""
+    return {**{k: v for k, v in parameters.items() if k not in ("test_size", "missing_samples")},
+            "random_state": seed}
+
+
+@takes_parameters("regress_samples")
 def regress_samples(ctx, table, sequences, metadata, pretrained_encoder=None,
-                    distance_matrix=None, test_size=0.2, freeze_encoder=False,
-                    missing_samples="error", regression_loss="auto", lookup_neighbours=3,
-                    kmer_size=6, asv_dropout=0.5, ensemble_size=1, embedding_dim=128,
-                    attention_heads=4, attention_layers=4, max_bp=150, asv_limit=1024,
-                    batch_size=32, epochs=100, learning_rate=3e-4, weight_decay=0.01,
-                    optimizer="adamw", scheduler="warmup_cosine", warmup=0.05, patience=10,
-                    validation_fraction=0.1, max_grad_norm=1.0, gradient_accumulation_steps=1,
-                    nuc_mask_ratio=0.0, nuc_penalty=1.0, unifrac_penalty=1.0,
-                    zero_distance_weight=1.0, device="auto", random_seed=0,
-                    tensorboard_dir=None):
-    fit_parameters = dict(locals())
-    for name in ("ctx", "table", "sequences", "metadata", "test_size", "missing_samples"):
-        fit_parameters.pop(name)
-    train_table, test_table = _split(ctx, table, metadata, test_size, random_seed,
-                                     missing_samples, stratify=False)
+                    distance_matrix=None, **parameters):
+    seed = resolve_seed(parameters["random_state"])
+    train_table, test_table = _split(ctx, table, metadata, parameters["test_size"], seed,
+                                     parameters["missing_samples"], stratify=False)
     model, = ctx.get_action("aam", "fit_regressor")(
-        table=train_table, sequences=sequences, metadata=metadata, missing_samples="ignore",
-        **fit_parameters)
-    predictions, = ctx.get_action("aam", "predict")(
-        model=model, table=test_table, sequences=sequences, device=device)
-    accuracy_results, = ctx.get_action("aam", "scatterplot")(predictions=predictions,
-                                                             truth=metadata)
-    return model, predictions, accuracy_results
+        table=train_table, sequences=sequences, metadata=metadata,
+        pretrained_encoder=pretrained_encoder, distance_matrix=distance_matrix,
+        **{**_fit_parameters(parameters, seed), "missing_samples": "ignore"})
+    apply = dict(model=model, table=test_table, sequences=sequences,
+                 device=parameters["device"], n_jobs=parameters["n_jobs"])
+    predictions, = ctx.get_action("aam", "predict")(**apply)
+    model_summary, = ctx.get_action("aam", "summarize")(model=model)
+    accuracy_results, = ctx.get_action("aam", "scatterplot")(
+        predictions=predictions, truth=metadata, missing_samples="ignore")
+    return model, predictions, model_summary, accuracy_results
 
 
+@takes_parameters("classify_samples")
 def classify_samples(ctx, table, sequences, metadata, pretrained_encoder=None,
-                     distance_matrix=None, test_size=0.2, freeze_encoder=False,
-                     missing_samples="error", class_weights="none", kmer_size=6,
-                     asv_dropout=0.5, ensemble_size=1, embedding_dim=128,
-                     attention_heads=4, attention_layers=4, max_bp=150, asv_limit=1024,
-                     batch_size=32, epochs=100, learning_rate=3e-4, weight_decay=0.01,
-                     optimizer="adamw", scheduler="warmup_cosine", warmup=0.05, patience=10,
-                     validation_fraction=0.1, max_grad_norm=1.0,
-                     gradient_accumulation_steps=1, nuc_mask_ratio=0.0, nuc_penalty=1.0,
-                     unifrac_penalty=1.0, zero_distance_weight=1.0, device="auto",
-                     random_seed=0, tensorboard_dir=None):
-    fit_parameters = dict(locals())
-    for name in ("ctx", "table", "sequences", "metadata", "test_size", "missing_samples"):
-        fit_parameters.pop(name)
-    train_table, test_table = _split(ctx, table, metadata, test_size, random_seed,
-                                     missing_samples, stratify=True,
-                                     validation_fraction=validation_fraction)
+                     distance_matrix=None, **parameters):
+    seed = resolve_seed(parameters["random_state"])
+    train_table, test_table = _split(ctx, table, metadata, parameters["test_size"], seed,
+                                     parameters["missing_samples"], stratify=True,
+                                     validation_fraction=parameters["validation_fraction"])
     model, = ctx.get_action("aam", "fit_classifier")(
-        table=train_table, sequences=sequences, metadata=metadata, missing_samples="ignore",
-        **fit_parameters)
-    predictions, = ctx.get_action("aam", "predict")(
-        model=model, table=test_table, sequences=sequences, device=device)
-    probabilities, = ctx.get_action("aam", "predict_probabilities")(
-        model=model, table=test_table, sequences=sequences, device=device)
+        table=train_table, sequences=sequences, metadata=metadata,
+        pretrained_encoder=pretrained_encoder, distance_matrix=distance_matrix,
+        **{**_fit_parameters(parameters, seed), "missing_samples": "ignore"})
+    apply = dict(model=model, table=test_table, sequences=sequences,
+                 device=parameters["device"], n_jobs=parameters["n_jobs"])
+    predictions, = ctx.get_action("aam", "predict")(**apply)
+    probabilities, = ctx.get_action("aam", "predict_probabilities")(**apply)
+    model_summary, = ctx.get_action("aam", "summarize")(model=model)
     accuracy_results, = ctx.get_action("aam", "confusion_matrix")(
-        predictions=predictions, truth=metadata, probabilities=probabilities)
-    return model, predictions, probabilities, accuracy_results
+        predictions=predictions, truth=metadata, probabilities=probabilities,
+        missing_samples="ignore")
+    return model, predictions, model_summary, accuracy_results, probabilities

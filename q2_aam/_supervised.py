@@ -6,7 +6,8 @@ import qiime2
 import skbio
 
 from .core.bundle import ModelBundle
-from ._inputs import _few, attach_distances, build_sample_set, log
+from ._inputs import _few, attach_distances, build_sample_set, log, notice
+from ._parameters import configs, live_tensorboard_dir, resolve_seed, takes_parameters
 from ._pretrain import check_split_size
 
 
@@ -22,10 +23,10 @@ def _targets(data_ids, column, missing_samples):
     series = series.reindex([s for s in data_ids if s in series.index])
     n_missing_values = int(series.isna().sum())
     if n_missing_values:
-        log(f"Dropping {n_missing_values} sample(s) with no value in '{column.name}': "
+        notice(f"Dropping {n_missing_values} sample(s) with no value in '{column.name}': "
             f"{_few(series.index[series.isna()])}.")
     if absent:
-        log(f"Ignoring {len(absent)} table sample(s) absent from the metadata.")
+        notice(f"Ignoring {len(absent)} table sample(s) absent from the metadata.")
     series = series.dropna()
     if series.empty:
         raise ValueError(f"None of the table's {len(data_ids)} samples has a value in "
@@ -44,32 +45,27 @@ def _sample_set_with_targets(table, sequences, metadata, missing_samples, max_bp
     return data, values[[position[s] for s in data.sample_ids]]
 
 
-def _fit(task, table, sequences, metadata, pretrained_encoder, distance_matrix, freeze_encoder,
-         missing_samples, class_weights, params):
-    from .core.config import ModelConfig, TrainConfig
+def _fit(task, table, sequences, metadata, pretrained_encoder, distance_matrix, parameters):
     from .core.supervised import fit
 
-    arch_names = ("embedding_dim", "attention_heads", "attention_layers", "max_bp", "asv_limit")
-    arch = {k: params.pop(k) for k in arch_names}
-    zero_distance_weight = params.pop("zero_distance_weight")
-    kmer_size, ensemble_size = params.pop("kmer_size"), params.pop("ensemble_size")
-    lookup_neighbours = params.pop("lookup_neighbours", 0)
-    if params.get("regression_loss") == "auto":
-        # Measured: with a pretrained encoder 'l1' gave a clearly lower held-out
-        # MAE than 'mse' on real data; from scratch, 'l1' sat at the median for
-        # tens of epochs (early stopping then kept the constant) where 'mse' learned.
-        params["regression_loss"] = "l1" if pretrained_encoder is not None else "mse"
+    if pretrained_encoder is not None and pretrained_encoder.task != "encoder":
+        raise ValueError("pretrained_encoder must be an AAMModel[Encoder].")
+    model_cfg, train_cfg, fit_keywords = configs(
+        "fit", parameters, random_seed=resolve_seed(parameters["random_state"]),
+        tensorboard_dir=live_tensorboard_dir(),
+        # the UniFrac loss needs distances
+        unifrac_penalty=parameters["unifrac_penalty"] if distance_matrix is not None else 0.0)
+    # With a pretrained encoder, core.fit takes the encoder's architecture and
+    # only the fit's own choices (k-mer size, ensemble size) from model_cfg.
+    architecture = model_cfg
     if pretrained_encoder is not None:
-        log("Using the pretrained encoder's architecture; architecture parameters are ignored.")
-        arch = {k: getattr(pretrained_encoder.model_config, k) for k in arch_names}
-        if pretrained_encoder.task != "encoder":
-            raise ValueError("pretrained_encoder must be an AAMModel[Encoder].")
-    model_cfg = ModelConfig(**arch, kmer_size=kmer_size, ensemble_size=ensemble_size)
-    train_cfg = TrainConfig(**{**params, "tensorboard_dir": params["tensorboard_dir"] or "",
-                               "unifrac_penalty": params["unifrac_penalty"]
-                               if distance_matrix is not None else 0.0})
-    data, values = _sample_set_with_targets(table, sequences, metadata, missing_samples,
-                                            model_cfg.max_bp, model_cfg.asv_limit)
+        notice("Using the pretrained encoder's architecture; architecture parameters are ignored.")
+        architecture = pretrained_encoder.model_config
+    else:
+        fit_keywords["freeze_encoder"] = False     # nothing pretrained to freeze
+    data, values = _sample_set_with_targets(table, sequences, metadata,
+                                            parameters["missing_samples"],
+                                            architecture.max_bp, architecture.asv_limit)
     if task == "classifier":
         _check_classes(values, train_cfg.validation_fraction)
     check_split_size(len(data), train_cfg.batch_size, train_cfg.validation_fraction)
@@ -77,9 +73,7 @@ def _fit(task, table, sequences, metadata, pretrained_encoder, distance_matrix, 
         attach_distances(data, distance_matrix)
     log(f"Fitting a {task} of '{metadata.name}' on {len(data)} samples.")
     return fit(data, values, task, model_cfg, train_cfg, encoder=pretrained_encoder,
-               freeze_encoder=freeze_encoder, class_weights=class_weights,
-               zero_distance_weight=zero_distance_weight,
-               lookup_neighbours=lookup_neighbours, log=log)
+               log=log, **fit_keywords)
 
 
 def _check_classes(labels, validation_fraction):
@@ -95,53 +89,21 @@ def _check_classes(labels, validation_fraction):
             "validation split. Remove or merge them, or set validation_fraction to 0.")
 
 
+@takes_parameters("fit_regressor")
 def fit_regressor(table: biom.Table, sequences: pd.Series, metadata: qiime2.NumericMetadataColumn,
                   pretrained_encoder: ModelBundle = None,
-                  distance_matrix: skbio.DistanceMatrix = None, freeze_encoder: bool = False,
-                  missing_samples: str = "error", regression_loss: str = "auto",
-                  lookup_neighbours: int = 3, kmer_size: int = 6, asv_dropout: float = 0.5,
-                  ensemble_size: int = 1,
-                  embedding_dim: int = 128, attention_heads: int = 4,
-                  attention_layers: int = 4, max_bp: int = 150, asv_limit: int = 1024,
-                  batch_size: int = 32, epochs: int = 100,
-                  learning_rate: float = 3e-4, weight_decay: float = 0.01,
-                  optimizer: str = "adamw", scheduler: str = "warmup_cosine",
-                  warmup: float = 0.05, patience: int = 10, validation_fraction: float = 0.1,
-                  max_grad_norm: float = 1.0, gradient_accumulation_steps: int = 1,
-                  nuc_mask_ratio: float = 0.0, nuc_penalty: float = 1.0,
-                  unifrac_penalty: float = 1.0, zero_distance_weight: float = 1.0,
-                  device: str = "auto", random_seed: int = 0,
-                  tensorboard_dir: str = None) -> ModelBundle:
-    params = dict(locals())
-    for name in ("table", "sequences", "metadata", "pretrained_encoder", "distance_matrix",
-                 "freeze_encoder", "missing_samples"):
-        params.pop(name)
+                  distance_matrix: skbio.DistanceMatrix = None, **parameters) -> ModelBundle:
     return _fit("regressor", table, sequences, metadata, pretrained_encoder, distance_matrix,
-                freeze_encoder, missing_samples, "none", params)
+                parameters)
 
 
+@takes_parameters("fit_classifier")
 def fit_classifier(table: biom.Table, sequences: pd.Series,
                    metadata: qiime2.CategoricalMetadataColumn,
                    pretrained_encoder: ModelBundle = None,
-                   distance_matrix: skbio.DistanceMatrix = None, freeze_encoder: bool = False,
-                   missing_samples: str = "error", class_weights: str = "none",
-                   kmer_size: int = 6, asv_dropout: float = 0.5, ensemble_size: int = 1,
-                   embedding_dim: int = 128, attention_heads: int = 4, attention_layers: int = 4,
-                   max_bp: int = 150, asv_limit: int = 1024, batch_size: int = 32,
-                   epochs: int = 100, learning_rate: float = 3e-4, weight_decay: float = 0.01,
-                   optimizer: str = "adamw", scheduler: str = "warmup_cosine",
-                   warmup: float = 0.05, patience: int = 10, validation_fraction: float = 0.1,
-                   max_grad_norm: float = 1.0, gradient_accumulation_steps: int = 1,
-                   nuc_mask_ratio: float = 0.0, nuc_penalty: float = 1.0,
-                   unifrac_penalty: float = 1.0, zero_distance_weight: float = 1.0,
-                   device: str = "auto", random_seed: int = 0,
-                   tensorboard_dir: str = None) -> ModelBundle:
-    params = dict(locals())
-    for name in ("table", "sequences", "metadata", "pretrained_encoder", "distance_matrix",
-                 "freeze_encoder", "missing_samples", "class_weights"):
-        params.pop(name)
+                   distance_matrix: skbio.DistanceMatrix = None, **parameters) -> ModelBundle:
     return _fit("classifier", table, sequences, metadata, pretrained_encoder, distance_matrix,
-                freeze_encoder, missing_samples, class_weights, params)
+                parameters)
 
 
 def _sample_set(model, table, sequences):
@@ -149,32 +111,44 @@ def _sample_set(model, table, sequences):
     return build_sample_set(table, sequences, cfg.max_bp, cfg.asv_limit)
 
 
+@takes_parameters("predict")
 def predict(model: ModelBundle, table: biom.Table, sequences: pd.Series,
-            device: str = "auto") -> pd.Series:
+            **parameters) -> pd.Series:
     from .core.supervised import predict as core_predict
+    from ._inputs import refuse_non_finite
     data = _sample_set(model, table, sequences)
-    predictions, _ = core_predict(model, data, device=device, log=log)
+    predictions, probabilities = core_predict(model, data, device=parameters["device"], log=log)
+    # A classifier's labels come from its probabilities: NaN ones would still give a label.
+    refuse_non_finite(predictions if probabilities is None else probabilities,
+                      "predictions" if probabilities is None else "class probabilities",
+                      data.sample_ids, model)
     name = "prediction"
     series = pd.Series(predictions, index=pd.Index(data.sample_ids, name="SampleID"), name=name)
     return series.astype(float) if model.task == "regressor" else series.astype(str)
 
 
+@takes_parameters("predict_probabilities")
 def predict_probabilities(model: ModelBundle, table: biom.Table, sequences: pd.Series,
-                          device: str = "auto") -> pd.DataFrame:
+                          **parameters) -> pd.DataFrame:
     from .core.supervised import predict as core_predict
     if model.task != "classifier":
         raise ValueError("Class probabilities need an AAMModel[Classifier].")
+    from ._inputs import refuse_non_finite
     data = _sample_set(model, table, sequences)
-    _, probabilities = core_predict(model, data, device=device)
+    _, probabilities = core_predict(model, data, device=parameters["device"])
+    refuse_non_finite(probabilities, "class probabilities", data.sample_ids, model)
     return pd.DataFrame(probabilities, index=pd.Index(data.sample_ids, name="SampleID"),
                         columns=model.info["classes"])
 
 
+@takes_parameters("embed")
 def embed(model: ModelBundle, table: biom.Table, sequences: pd.Series,
-          device: str = "auto") -> skbio.OrdinationResults:
+          **parameters) -> skbio.OrdinationResults:
     from .core.supervised import embed as core_embed
+    from ._inputs import refuse_non_finite
     data = _sample_set(model, table, sequences)
-    embeddings, _ = core_embed(model, data, device=device)
+    embeddings, _ = core_embed(model, data, device=parameters["device"])
+    refuse_non_finite(embeddings, "sample embeddings", data.sample_ids, model)
     return ordination(embeddings.astype(np.float64), data.sample_ids)
 
 
@@ -192,14 +166,17 @@ def ordination(embeddings, sample_ids):
         proportion_explained=pd.Series(eigvals / total, index=axes))
 
 
+@takes_parameters("predict_distances")
 def predict_distances(encoder: ModelBundle, table: biom.Table, sequences: pd.Series,
-                      device: str = "auto") -> skbio.DistanceMatrix:
+                      **parameters) -> skbio.DistanceMatrix:
     import torch
     from .core.model import predicted_distance
     from .core.supervised import embed as core_embed
+    from ._inputs import refuse_non_finite
     data = _sample_set(encoder, table, sequences)
-    _, distance_embeddings = core_embed(encoder, data, device=device)
+    _, distance_embeddings = core_embed(encoder, data, device=parameters["device"])
     distances = predicted_distance(torch.from_numpy(distance_embeddings)).numpy().astype(np.float64)
+    refuse_non_finite(distances, "distances", data.sample_ids, encoder)
     distances = (distances + distances.T) / 2
     np.fill_diagonal(distances, 0.0)
     return skbio.DistanceMatrix(distances, ids=data.sample_ids)

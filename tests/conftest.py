@@ -27,7 +27,7 @@ SIM_PARAMS = dict(n_samples=32, n_asvs=40, seq_length=100, depth=500, random_see
 # The smallest sensible model; spread it into pretrain calls: `**TINY_MODEL`.
 TINY_MODEL = dict(embedding_dim=16, attention_heads=2, attention_layers=1)
 TINY_TRAINING = dict(epochs=3, batch_size=8, validation_fraction=0.25, device="cpu",
-                     random_seed=0)
+                     random_state=0)
 
 
 def pytest_configure(config):

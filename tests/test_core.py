@@ -668,7 +668,7 @@ def test_regression_losses_by_hand():
     assert float(losses.regression_loss(pred, target, "l1")) == pytest.approx(4 / 3)
     # Huber (delta 1): 0.5 e^2 within one unit, |e| - 0.5 beyond.
     assert float(losses.regression_loss(pred, target, "huber")) == pytest.approx(3 / 3)
-    with pytest.raises(ValueError, match="regression_loss must be one of 'mse', 'huber', 'l1', 'binned'"):
+    with pytest.raises(ValueError, match="regression_loss must be one of 'auto', 'mse', 'huber', 'l1', 'binned'"):
         TrainConfig(regression_loss="mae")
 
 

@@ -28,10 +28,10 @@ BIG_SIM = dict(n_samples=150, n_asvs=120, seq_length=100, depth=1000, random_see
 N_TEST, N_UNSEEN = 30, 10
 GOOD_MODEL = dict(embedding_dim=32, attention_heads=2, attention_layers=1, epochs=30,
                   batch_size=16, learning_rate=2e-3, validation_fraction=0.2, device="cpu",
-                  random_seed=0)
+                  random_state=0)
 # A model that only has to run.
 TINY = dict(embedding_dim=16, attention_heads=2, attention_layers=1, epochs=2, batch_size=8,
-            validation_fraction=0.25, device="cpu", random_seed=0)
+            validation_fraction=0.25, device="cpu", random_state=0)
 
 
 def table_artifact(table):
@@ -238,7 +238,7 @@ def test_same_seed_same_predictions_different_seed_differs(aam, small):
     def predictions(seed):
         model, = aam.methods.fit_regressor(
             table=small.table, sequences=small.sequences,
-            metadata=small.metadata.get_column("age"), **{**TINY, "random_seed": seed})
+            metadata=small.metadata.get_column("age"), **{**TINY, "random_state": seed})
         predicted, = aam.methods.predict(model=model, table=small.table,
                                          sequences=small.sequences)
         return series(predicted)
@@ -305,7 +305,8 @@ def test_pretrained_fits_set_asv_whitening_and_l1_loss(aam, small, tiny_encoder,
 def test_fine_tuned_encoder_changes_the_encoder_weights(aam, small, tiny_encoder):
     model, = aam.methods.fit_classifier(
         table=small.table, sequences=small.sequences,
-        metadata=small.metadata.get_column("site"), pretrained_encoder=tiny_encoder, **TINY)
+        metadata=small.metadata.get_column("site"), pretrained_encoder=tiny_encoder,
+        freeze_encoder=False, **TINY)
     encoder, fitted = bundle(tiny_encoder), bundle(model)
     assert fitted.info["freeze_encoder"] is False and fitted.info["pretrained"] is True
     asv_keys = [k for k in encoder.state_dict if k.startswith("asv_encoder.")]
@@ -327,11 +328,16 @@ def test_distance_matrix_keeps_the_unifrac_loss(aam, artifacts, small):
     assert not any("unifrac" in column for column in bundle(without).history.columns)
 
 
-def test_freeze_encoder_without_a_pretrained_encoder_is_refused(aam, small):
-    with pytest.raises(ValueError, match="freeze_encoder needs a pretrained_encoder"):
-        aam.methods.fit_regressor(table=small.table, sequences=small.sequences,
-                                  metadata=small.metadata.get_column("age"),
-                                  freeze_encoder=True, **TINY)
+def test_pretrained_encoders_are_frozen_by_default_and_scratch_fits_ignore_it(
+        aam, small, tiny_encoder):
+    column = small.metadata.get_column("age")
+    on_encoder, = aam.methods.fit_regressor(table=small.table, sequences=small.sequences,
+                                            metadata=column, pretrained_encoder=tiny_encoder,
+                                            **TINY)
+    from_scratch, = aam.methods.fit_regressor(table=small.table, sequences=small.sequences,
+                                              metadata=column, freeze_encoder=True, **TINY)
+    assert bundle(on_encoder).info["freeze_encoder"] is True
+    assert bundle(from_scratch).info["freeze_encoder"] is False
 
 
 # --- regression targets ---------------------------------------------------------------
@@ -391,11 +397,12 @@ def test_lookup_answers_repeated_samples_through_the_artifact_api(aam, small):
 
 def test_regress_samples_outputs(aam, small):
     test_size = 0.25
-    model, predictions, visualization = aam.pipelines.regress_samples(
+    model, predictions, summary, visualization = aam.pipelines.regress_samples(
         table=small.table, sequences=small.sequences, metadata=small.metadata.get_column("age"),
         test_size=test_size, **TINY)
     assert str(model.type) == "AAMModel[Regressor]"
     assert str(predictions.type) == "SampleData[RegressorPredictions]"
+    assert isinstance(summary, qiime2.Visualization)
     assert isinstance(visualization, qiime2.Visualization)
     predicted = series(predictions)
     n = len(small.ids)
@@ -413,7 +420,7 @@ def test_classify_samples_outputs_and_stratified_split(aam, small):
     labels[[1, 4, 7]] = "rare"
     metadata = metadata_of(ids=small.ids, label=list(labels))
     test_size = 0.2
-    model, predictions, probabilities, visualization = aam.pipelines.classify_samples(
+    model, predictions, summary, visualization, probabilities = aam.pipelines.classify_samples(
         table=small.table, sequences=small.sequences, metadata=metadata.get_column("label"),
         test_size=test_size, **TINY)
     assert str(model.type) == "AAMModel[Classifier]"

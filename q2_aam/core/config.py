@@ -1,4 +1,9 @@
-"""Configuration dataclasses for the model and for a training run."""
+"""Configuration dataclasses for the model and for a training run.
+
+Pretraining and supervised fits differ in a few defaults; `ModelConfig.preset`
+and `TrainConfig.preset` hold them, and the QIIME 2 actions take their defaults
+from the same presets (q2_aam/_parameters.py), so there is one place to change one.
+"""
 from dataclasses import asdict, dataclass, fields
 
 TASKS = ("encoder", "regressor", "classifier")
@@ -7,6 +12,23 @@ OPTIMIZERS = ("adamw", "adam", "sgd", "lion")
 REGRESSION_LOSSES = ("mse", "huber", "l1", "binned")
 MAX_KMER_SIZE = 8     # a table of 4**8 k-mers; longer ones would mostly be unique
 SCHEDULERS = ("warmup_cosine", "cosine", "plateau", "onecycle", "constant")
+# 'auto': 'l1' on a pretrained encoder, 'mse' from scratch (supervised.resolve_regression_loss).
+REGRESSION_LOSS_CHOICES = ("auto", *REGRESSION_LOSSES)
+PRESETS = ("pretrain", "fit")
+
+# Where a fit's defaults differ from pretraining's. Measured (BENCHMARKS.md):
+# fits on a pretrained encoder want a 10x lower peak learning rate; masking
+# kept from-scratch regressors from learning; 6-mer embeddings and ASV dropout
+# 0.5 lowered held-out age error of frozen fits on oral-dev.
+FIT_MODEL_DEFAULTS = {"kmer_size": 6}
+FIT_TRAINING_DEFAULTS = {"learning_rate": 3e-4, "nuc_mask_ratio": 0.0, "asv_dropout": 0.5,
+                         "regression_loss": "auto"}
+
+
+def _preset_overrides(kind, fit_defaults):
+    if kind not in PRESETS:
+        raise ValueError(f"preset must be one of {PRESETS}, not {kind!r}")
+    return fit_defaults if kind == "fit" else {}
 
 
 @dataclass
@@ -41,6 +63,11 @@ class ModelConfig:
         if not 0 <= self.kmer_size <= MAX_KMER_SIZE:
             raise ValueError(f"kmer_size must be 0 (none) to {MAX_KMER_SIZE}, not {self.kmer_size}.")
 
+    @classmethod
+    def preset(cls, kind, **overrides):
+        """The configuration 'pretrain' or 'fit' starts from, with `overrides`."""
+        return cls(**{**_preset_overrides(kind, FIT_MODEL_DEFAULTS), **overrides})
+
     def to_dict(self):
         return asdict(self)
 
@@ -52,6 +79,7 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
+    """A training run; the field defaults are pretraining's (see `preset`)."""
     epochs: int = 100
     batch_size: int = 32
     learning_rate: float = 3e-3
@@ -71,6 +99,8 @@ class TrainConfig:
     asv_dropout: float = 0.0
     nuc_penalty: float = 1.0
     unifrac_penalty: float = 1.0
+    # Weight of sample pairs whose true distance is 0 in the UniFrac loss.
+    zero_distance_weight: float = 1.0
     faith_pd_penalty: float = 1.0
     device: str = "auto"
     random_seed: int = 0
@@ -92,15 +122,22 @@ class TrainConfig:
             ("gradient_accumulation_steps", self.gradient_accumulation_steps >= 1, "at least 1"),
             ("nuc_mask_ratio", 0 <= self.nuc_mask_ratio < 1, "in [0, 1)"),
             ("asv_dropout", 0 <= self.asv_dropout < 1, "in [0, 1)"),
-            ("regression_loss", self.regression_loss in REGRESSION_LOSSES,
-             _one_of(REGRESSION_LOSSES)),
+            ("regression_loss", self.regression_loss in REGRESSION_LOSS_CHOICES,
+             _one_of(REGRESSION_LOSS_CHOICES)),
             ("nuc_penalty", self.nuc_penalty >= 0, "non-negative"),
             ("unifrac_penalty", self.unifrac_penalty >= 0, "non-negative"),
+            ("zero_distance_weight", self.zero_distance_weight >= 0,
+             "non-negative (0 leaves zero-distance pairs out of the UniFrac loss)"),
             ("device", self.device in ("auto", "cpu", "cuda"), "'auto', 'cpu' or 'cuda'"),
         ]
         for name, ok, allowed in checks:
             if not ok:
                 raise ValueError(f"{name} must be {allowed}; got {getattr(self, name)!r}.")
+
+    @classmethod
+    def preset(cls, kind, **overrides):
+        """The run 'pretrain' or 'fit' starts from, with `overrides`."""
+        return cls(**{**_preset_overrides(kind, FIT_TRAINING_DEFAULTS), **overrides})
 
     def to_dict(self):
         return asdict(self)

@@ -15,7 +15,7 @@ sweeps than the other common rule, the steepest descent (a derivative of a noisy
 curve).
 """
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -23,7 +23,7 @@ import torch
 
 from .config import ModelConfig, TrainConfig
 from .data import batch_indices
-from .losses import LossFunction
+from .losses import LossFunction, resolve_regression_loss
 from .model import AAMModel
 from .optim import make_optimizer
 from .train import autocast, deterministic_kernels, resolve_device
@@ -73,7 +73,7 @@ def encode_targets(targets, task):
 
 
 def lr_range_test(data, targets, task, model_cfg: ModelConfig, train_cfg: TrainConfig,
-                  min_lr=1e-6, max_lr=1.0, steps=200, zero_distance_weight=1.0, log=None):
+                  min_lr=1e-6, max_lr=1.0, steps=200, log=None):
     """Run the range test on all samples of `data` with the loss of `task`.
 
     'encoder': UniFrac (data.distances) and masked nucleotides, `targets` None;
@@ -102,9 +102,10 @@ def lr_range_test(data, targets, task, model_cfg: ModelConfig, train_cfg: TrainC
     torch.manual_seed(train_cfg.random_seed)
     model = AAMModel(model_cfg).to(device).train()
     optimizer = make_optimizer(model, train_cfg)
-    loss_fn = LossFunction(task, nuc_penalty=train_cfg.nuc_penalty,
-                           unifrac_penalty=train_cfg.unifrac_penalty,
-                           zero_distance_weight=zero_distance_weight)
+    # A throwaway model from scratch: 'auto' resolves as a fit from scratch does.
+    train_cfg = replace(train_cfg, regression_loss=resolve_regression_loss(
+        train_cfg.regression_loss, pretrained=False))
+    loss_fn = LossFunction.for_run(task, train_cfg)
     log(f"Range test on {device}: {steps} {train_cfg.optimizer} steps of one batch of "
         f"{train_cfg.batch_size} from learning rate {min_lr:g} to {max_lr:g}.")
 
