@@ -1,12 +1,21 @@
 """Usage examples (q2galaxy builds Galaxy tool tests from them) on simulated data.
 
-Each example is sized to run in seconds.
+Each example runs one action on inputs from `init_artifact` / `init_metadata`
+factories: Galaxy runs one tool per test, so an example that trained a model
+before predicting would name a file its tool test never gets. The models the
+examples start from come from `trained_model`, a tiny model trained with the
+core API in seconds. Each example is sized to run in seconds.
 """
 import functools
 
 EXAMPLE_SIZE = dict(n_samples=24, n_asvs=40, seq_length=100, depth=500, random_seed=0)
 TINY_MODEL = dict(embedding_dim=16, attention_heads=2, attention_layers=1, epochs=2,
                   batch_size=8, validation_fraction=0.25)
+TINY_ARCHITECTURE = ("embedding_dim", "attention_heads", "attention_layers")
+# What each supervised example model predicts from the simulated metadata.
+MODEL_TARGETS = {"regressor": "age", "classifier": "site"}
+MODEL_TYPES = {"encoder": "AAMModel[Encoder]", "regressor": "AAMModel[Regressor]",
+               "classifier": "AAMModel[Classifier]"}
 
 
 @functools.lru_cache(maxsize=None)
@@ -56,8 +65,48 @@ def metadata_factory():
     return to_artifacts(simulated())[3]
 
 
-def pretrain_example(use):
-    _encoder(use)
+@functools.lru_cache(maxsize=None)
+def trained_model(task):
+    """An AAMModel artifact of `task` ('encoder', 'regressor' or 'classifier'),
+    trained for TINY_MODEL's two epochs on the example data with the core API
+    (no QIIME 2 action runs); cached, so each process trains each task once."""
+    import qiime2
+    from .core.config import ModelConfig, TrainConfig
+    from .core.data import SampleSet
+    from .core.pretrain import pretrain
+    from .core.supervised import fit
+
+    if task not in MODEL_TYPES:
+        raise ValueError(f"task must be one of {sorted(MODEL_TYPES)}, not {task!r}.")
+    sim = simulated()
+    model_cfg = ModelConfig(task=task, **{k: TINY_MODEL[k] for k in TINY_ARCHITECTURE})
+    train_cfg = TrainConfig(device="cpu", **{k: v for k, v in TINY_MODEL.items()
+                                             if k not in TINY_ARCHITECTURE})
+    data = SampleSet(sim.counts.to_numpy(), sim.counts.index, sim.counts.columns,
+                     sim.sequences, model_cfg.max_bp, model_cfg.asv_limit)
+    if task == "encoder":
+        data.distances = sim.unifrac.loc[data.sample_ids, data.sample_ids].to_numpy("float32")
+        bundle = pretrain(data, model_cfg, train_cfg, log=_discard)
+    else:
+        targets = sim.metadata[MODEL_TARGETS[task]].loc[data.sample_ids].to_numpy()
+        bundle = fit(data, targets, task, model_cfg, train_cfg, log=_discard)
+    return qiime2.Artifact.import_data(MODEL_TYPES[task], bundle)
+
+
+def _discard(message):
+    """The example models' training log: they are inputs, not results to read."""
+
+
+def encoder_factory():
+    return trained_model("encoder")
+
+
+def regressor_factory():
+    return trained_model("regressor")
+
+
+def classifier_factory():
+    return trained_model("classifier")
 
 
 def _inputs(use):
@@ -65,16 +114,25 @@ def _inputs(use):
             use.init_artifact("sequences", sequences_factory))
 
 
+def pretrain_example(use):
+    table, sequences = _inputs(use)
+    distance_matrix = use.init_artifact("unweighted_unifrac", distance_matrix_factory)
+    use.action(
+        use.UsageAction(plugin_id="aam", action_id="pretrain"),
+        use.UsageInputs(table=table, sequences=sequences, distance_matrix=distance_matrix,
+                        **TINY_MODEL),
+        use.UsageOutputNames(encoder="encoder"))
+
+
 def _fit(use, kind, column, name=None, **options):
     table, sequences = _inputs(use)
     metadata = use.init_metadata("metadata", metadata_factory)
     target = use.get_metadata_column(column, column, metadata)
-    model, = use.action(
+    use.action(
         use.UsageAction(plugin_id="aam", action_id=f"fit_{kind}"),
         use.UsageInputs(table=table, sequences=sequences, metadata=target, **TINY_MODEL,
                         **options),
         use.UsageOutputNames(model=name or kind))
-    return model, table, sequences
 
 
 def fit_regressor_example(use):
@@ -92,39 +150,32 @@ def fit_classifier_example(use):
 
 
 def predict_example(use):
-    model, table, sequences = _fit(use, "regressor", "age")
+    model = use.init_artifact("regressor", regressor_factory)
+    table, sequences = _inputs(use)
     use.action(use.UsageAction(plugin_id="aam", action_id="predict"),
                use.UsageInputs(model=model, table=table, sequences=sequences),
                use.UsageOutputNames(predictions="predictions"))
 
 
 def predict_probabilities_example(use):
-    model, table, sequences = _fit(use, "classifier", "site")
+    model = use.init_artifact("classifier", classifier_factory)
+    table, sequences = _inputs(use)
     use.action(use.UsageAction(plugin_id="aam", action_id="predict_probabilities"),
                use.UsageInputs(model=model, table=table, sequences=sequences),
                use.UsageOutputNames(probabilities="probabilities"))
 
 
-def _encoder(use):
-    table, sequences = _inputs(use)
-    distance_matrix = use.init_artifact("unweighted_unifrac", distance_matrix_factory)
-    encoder, = use.action(
-        use.UsageAction(plugin_id="aam", action_id="pretrain"),
-        use.UsageInputs(table=table, sequences=sequences, distance_matrix=distance_matrix,
-                        **TINY_MODEL),
-        use.UsageOutputNames(encoder="encoder"))
-    return encoder, table, sequences
-
-
 def embed_example(use):
-    encoder, table, sequences = _encoder(use)
+    encoder = use.init_artifact("encoder", encoder_factory)
+    table, sequences = _inputs(use)
     use.action(use.UsageAction(plugin_id="aam", action_id="embed"),
                use.UsageInputs(model=encoder, table=table, sequences=sequences),
                use.UsageOutputNames(embeddings="embeddings"))
 
 
 def predict_distances_example(use):
-    encoder, table, sequences = _encoder(use)
+    encoder = use.init_artifact("encoder", encoder_factory)
+    table, sequences = _inputs(use)
     use.action(use.UsageAction(plugin_id="aam", action_id="predict_distances"),
                use.UsageInputs(encoder=encoder, table=table, sequences=sequences),
                use.UsageOutputNames(distance_matrix="predicted_distances"))

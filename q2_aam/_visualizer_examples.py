@@ -1,10 +1,12 @@
 """Usage examples of the visualizers, on the simulated data of `_examples`.
 
-The prediction artifacts are made up from the true metadata (with seeded noise and
-a few wrong labels) so that the examples need no trained model and run in seconds.
+Like those, each runs one action on inputs from factories. The prediction
+artifacts are made up from the true metadata (with seeded noise and a few wrong
+labels), so scatterplot and confusion-matrix need no trained model; summarize
+reads the tiny encoder of `_examples.trained_model`. All run in seconds.
 """
-from ._examples import (TINY_MODEL, distance_matrix_factory, metadata_factory,
-                        sequences_factory, simulated, table_factory)
+from ._examples import (TINY_MODEL, distance_matrix_factory, encoder_factory,
+                        metadata_factory, sequences_factory, simulated, table_factory)
 
 WRONG_LABEL_EVERY = 4   # every fourth sample gets the next site's label
 # A range test of the tiny model: a short sweep, enough to draw the curve.
@@ -70,14 +72,7 @@ def confusion_matrix_example(use):
 
 
 def summarize_example(use):
-    table = use.init_artifact("table", table_factory)
-    sequences = use.init_artifact("sequences", sequences_factory)
-    distance_matrix = use.init_artifact("unweighted_unifrac", distance_matrix_factory)
-    encoder, = use.action(
-        use.UsageAction(plugin_id="aam", action_id="pretrain"),
-        use.UsageInputs(table=table, sequences=sequences, distance_matrix=distance_matrix,
-                        **TINY_MODEL),
-        use.UsageOutputNames(encoder="encoder"))
+    encoder = use.init_artifact("encoder", encoder_factory)
     use.action(use.UsageAction(plugin_id="aam", action_id="summarize"),
                use.UsageInputs(model=encoder),
                use.UsageOutputNames(visualization="encoder_summary"))

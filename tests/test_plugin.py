@@ -16,7 +16,7 @@ from qiime2.plugin.testing import TestPluginBase
 from qiime2.sdk import usage
 
 from conftest import TINY_MODEL
-from q2_aam._examples import to_artifacts, to_views
+from q2_aam._examples import simulated, to_artifacts, to_views
 from q2_aam.core.bundle import ModelBundle
 
 FAIL_FAST = dict(TINY_MODEL, epochs=1, batch_size=4, validation_fraction=0.25, device="cpu")
@@ -281,7 +281,7 @@ LEARN_SIM = dict(n_samples=120, n_asvs=120, seq_length=100, depth=1000, random_s
 LEARN_ARGS = {"--p-embedding-dim": 48, "--p-attention-heads": 2, "--p-attention-layers": 1,
               "--p-epochs": 40, "--p-batch-size": 16, "--p-learning-rate": 0.01,
               "--p-warmup": 0.1, "--p-nuc-penalty": 0.2, "--p-validation-fraction": 0.2,
-              "--p-device": "cpu", "--p-random-seed": 0}
+              "--p-device": "cpu", "--p-random-state": 0}
 
 
 def test_cli_pretrain_learns_unifrac(qiime, tmp_path):
@@ -338,3 +338,39 @@ class TestUsageExamples(TestPluginBase):
         bundle = records["encoder"].value.view(ModelBundle)
         assert len(bundle.history) == 2
         assert bundle.model_config.embedding_dim == 16
+
+    def test_each_example_runs_its_own_action_alone(self):
+        # q2galaxy makes each example a Galaxy tool test, and Galaxy runs one tool
+        # per test: an example that trained a model first could never pass there.
+        for action_id, action in self.plugin.actions.items():
+            for name, example in action.examples.items():
+                use = ActionRecordingUsage()
+                example(use)
+                assert use.action_ids == [action_id], (name, use.action_ids)
+
+    def test_example_models_are_tiny_typed_and_trained_once(self):
+        from q2_aam._examples import trained_model
+        for task, semantic_type in (("encoder", "AAMModel[Encoder]"),
+                                    ("regressor", "AAMModel[Regressor]"),
+                                    ("classifier", "AAMModel[Classifier]")):
+            model = trained_model(task)
+            assert str(model.type) == semantic_type
+            assert trained_model(task) is model          # cached: trained once a process
+            bundle = model.view(ModelBundle)
+            assert bundle.task == task
+            assert bundle.model_config.embedding_dim == 16
+            assert len(bundle.history) == 2
+        classes = trained_model("classifier").view(ModelBundle).info["classes"]
+        assert classes == sorted(simulated().metadata["site"].unique())
+
+
+class ActionRecordingUsage(usage.Usage):
+    """A usage driver that runs nothing and records the actions an example calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.action_ids = []
+
+    def action(self, action, inputs, outputs):
+        self.action_ids.append(action.action_id)
+        return super().action(action, inputs, outputs)
