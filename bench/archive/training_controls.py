@@ -3,7 +3,7 @@ pretraining on ../shared/data/oral-dev, each run given the same number of
 epochs (all optimizers cost about the same per step, so equal epochs is an
 equal wall-time budget), scored by held-out UniFrac R^2 at the kept epoch.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/training_controls.py --workers 2 \
+    OMP_NUM_THREADS=1 .venv/bin/python bench/archive/training_controls.py --workers 2 \
         --out bench/out/training_controls.json
 
 Runs in parallel worker processes (one thread each) and also records the
@@ -16,7 +16,9 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 
-sys.path.insert(0, os.path.dirname(__file__))
+# Archived study: bench/ (oral.py, oral_supervised.py) and this folder are importable.
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]
 
 MODEL = dict(embedding_dim=32, attention_heads=2, attention_layers=1)
 

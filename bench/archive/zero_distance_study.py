@@ -6,7 +6,7 @@ identical feature sets, richness), how large a share of the UniFrac loss's
 pairs they are in random batches of 32, and how held-out R^2 depends on
 including them. Writes PNG figures and a JSON summary under docs/figures/.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/zero_distance_study.py
+    OMP_NUM_THREADS=1 .venv/bin/python bench/archive/zero_distance_study.py
 
 Numpy analysis only (about a minute, one core). `--train-comparison` also
 pretrains a small encoder twice (zero_distance_weight 0 and 1, seed 0, 600
@@ -22,7 +22,9 @@ import time
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, os.path.dirname(__file__))
+# Archived study: bench/ (oral.py, oral_supervised.py) and this folder are importable.
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]
 import oral  # noqa: E402
 
 THRESHOLDS = [1e-6, 0.01, 0.05, 0.1]   # "below" thresholds, strict <
@@ -232,9 +234,10 @@ def training_comparison(outdir, n_samples=600, epochs=5, weights=(0.0, 1.0), see
         rows, cols = np.triu_indices(len(data), k=1)
         results["zero_pairs_in_subset"] = int((data.distances[rows, cols] == 0).sum())
         cfg = TrainConfig(epochs=epochs, patience=epochs, batch_size=32, learning_rate=1e-3,
-                          device="cpu", random_seed=seed, validation_fraction=0.1)
+                          device="cpu", random_seed=seed, validation_fraction=0.1,
+                          zero_distance_weight=w)
         start = time.perf_counter()
-        bundle = pretrain(data, model_cfg, cfg, zero_distance_weight=w)
+        bundle = pretrain(data, model_cfg, cfg)
         history = bundle.history
         kept = history["epoch"] == bundle.info["best_epoch"]
         results["training"] = cfg.to_dict()
@@ -259,8 +262,7 @@ def training_comparison(outdir, n_samples=600, epochs=5, weights=(0.0, 1.0), see
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "docs",
-                                                      "figures"))
+    parser.add_argument("--out", default=os.path.join(HERE, "..", "..", "docs", "figures"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-comparison", action="store_true",
                         help="also pretrain with zero_distance_weight 0 and 1 (CPU, minutes)")
@@ -432,7 +434,7 @@ def main():
         summary["training_comparison"] = "zero_distance_training.json"
     summary["training_command"] = (
         "qiime aam pretrain ... --p-zero-distance-weight W, or "
-        "q2_aam.core.pretrain.pretrain(data, model_cfg, train_cfg, zero_distance_weight=W)")
+        "q2_aam.core.pretrain.pretrain(data, model_cfg, TrainConfig(zero_distance_weight=W))")
     summary["seconds"] = time.perf_counter() - start
     with open(os.path.join(args.out, "zero_distance_summary.json"), "w") as fh:
         json.dump(summary, fh, indent=2, default=lambda o: o.item() if hasattr(o, "item") else o)

@@ -5,10 +5,10 @@ clipped:               prediction = clamp(d, 0, 1)   (MSE on clipped predictions
 
 where d is the learned-scale RMS distance between two samples' distance
 embeddings. The clipped variant is swapped in for this experiment only; every
-other setting matches bench/training_controls.py (embedding 32, 1+1 layers,
+other setting matches bench/archive/training_controls.py (embedding 32, 1+1 layers,
 AdamW 3e-3, warmup-cosine, 6 epochs, nuc_penalty 0.2), two seeds each.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/distance_mapping.py --out bench/out/distance_mapping.json
+    OMP_NUM_THREADS=1 .venv/bin/python bench/archive/distance_mapping.py --out bench/out/distance_mapping.json
 """
 import argparse
 import json
@@ -16,7 +16,9 @@ import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
 
-sys.path.insert(0, os.path.dirname(__file__))
+# Archived study: bench/ (oral.py, oral_supervised.py) and this folder are importable.
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]
 
 
 def clipped_distance(distance_embeddings):

@@ -5,7 +5,7 @@ encoder (bench/out/oral-encoder, trained on the training part only) frozen, so
 each run costs minutes on one thread.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/oral_supervised.py ...   # makes the encoder first
-    OMP_NUM_THREADS=1 .venv/bin/python bench/fit_controls.py --out bench/out/fit_controls.json
+    OMP_NUM_THREADS=1 .venv/bin/python bench/archive/fit_controls.py --out bench/out/fit_controls.json
 """
 import argparse
 import json
@@ -16,7 +16,9 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(__file__))
+# Archived study: bench/ (oral.py, oral_supervised.py) and this folder are importable.
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]
 
 GRID = [("adamw", s, 1e-3) for s in ("warmup_cosine", "cosine", "plateau", "onecycle",
                                       "constant")]

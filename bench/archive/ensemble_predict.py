@@ -2,7 +2,7 @@
 ASVs embedded once per batch (members share the frozen encoder) against once
 per member. Both ways run alternately, `--repeats` times, on one thread; medians.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/ensemble_predict.py --members 10
+    OMP_NUM_THREADS=1 .venv/bin/python bench/archive/ensemble_predict.py --members 10
 
 The members are the pretrained encoder of bench/out/oral-encoder with 6-mer
 embeddings and a binned head (64 bins), as a fit makes them; their untrained
@@ -17,7 +17,9 @@ import time
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))
+# Archived study: bench/ (oral.py, oral_supervised.py) and this folder are importable.
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]
 import oral  # noqa: E402
 
 from q2_aam._inputs import build_sample_set  # noqa: E402
