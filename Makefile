@@ -4,13 +4,20 @@ SHELL := /bin/bash
 VENV := $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 QIIME := $(VENV)/bin/qiime
-# Debian's QIIME 2 2022.11 stack (never PyPI), plus Chromium for the browser tests.
+# Debian's QIIME 2 2022.11 stack (never PyPI), Striped UniFrac (the reference for the tree-based
+# batch distances), and Chromium with its driver and selenium for the browser tests.
 APT_PACKAGES := qiime q2cli q2-types q2templates q2-feature-table q2-sample-classifier \
-	q2-diversity-lib q2-metadata chromium
+	q2-diversity-lib q2-metadata python3-unifrac chromium chromium-driver python3-selenium
 PIP_PACKAGES := torch==2.13.0 safetensors tensorboard tqdm pytest
 DEMO_DIR := demo-output
 
-.PHONY: setup apt test demo bench clean
+# The torch core imports no QIIME 2: its tests also run in a venv of its own with
+# the newest numpy 2, pandas 2, scipy and scikit-learn from PyPI (forward compatibility).
+CORE_VENV := $(CURDIR)/.venv-core
+CORE_TESTS := tests/test_core.py tests/test_lookup.py tests/test_simulate.py \
+	tests/test_tree_unifrac.py tests/test_metrics.py
+
+.PHONY: setup apt test test-core-latest demo bench clean
 
 setup: apt $(VENV)/.setup-done $(VENV)/.cache-done
 
@@ -39,6 +46,14 @@ $(VENV)/.cache-done: $(VENV)/.setup-done $(wildcard q2_aam/*.py)
 test: setup
 	$(PY) -m pytest -q tests
 
+test-core-latest:
+	test -x $(CORE_VENV)/bin/python || /usr/bin/python3 -m venv $(CORE_VENV)
+	$(CORE_VENV)/bin/python -m pip install -q --upgrade "numpy>=2" "pandas>=2" scipy \
+	  scikit-learn torch==2.13.0 safetensors tensorboard tqdm pytest
+	$(CORE_VENV)/bin/python -c "import numpy, pandas; assert numpy.__version__ >= '2' \
+	  and pandas.__version__ >= '2', (numpy.__version__, pandas.__version__)"
+	PYTHONPATH=$(CURDIR) $(CORE_VENV)/bin/python -m pytest -q -p no:cacheprovider $(CORE_TESTS)
+
 demo: setup
 	bash bin/demo.sh $(QIIME) $(PY) $(DEMO_DIR)
 
@@ -46,4 +61,4 @@ bench: setup
 	$(PY) bench/pretrain_throughput.py
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache
+	rm -rf $(VENV) $(CORE_VENV) $(DEMO_DIR) .pytest_cache
