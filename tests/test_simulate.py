@@ -1,12 +1,14 @@
-"""Tests for the data simulator and the from-scratch unweighted UniFrac."""
+"""Tests for the data simulator (small dense data sets and large sparse cohorts)
+and the from-scratch unweighted UniFrac."""
 import io
 import os
 
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse
 
-from q2_aam.core.simulate import SimulatedData, simulate
+from q2_aam.core.simulate import SimulatedData, random_tree_fast, simulate, simulate_cohort
 from q2_aam.core.unifrac import Tree, branch_presence, unweighted_unifrac
 
 
@@ -287,3 +289,75 @@ def test_write_round_trips(data, tmp_path):
     unifrac = pd.read_csv(tmp_path / "unifrac.tsv", sep="\t", index_col=0, float_precision="round_trip")
     np.testing.assert_array_equal(unifrac.to_numpy(), data.unifrac.to_numpy())
     assert list(unifrac.index) == list(data.unifrac.index)
+
+
+# --- large sparse cohorts ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cohort():
+    return simulate_cohort(n_samples=300, n_asvs=2000, asvs_per_sample=(50, 300), random_seed=0)
+
+
+def test_cohort_is_sparse_with_the_requested_asvs_per_sample(cohort):
+    counts = cohort.counts
+    assert isinstance(counts, scipy.sparse.csr_matrix) and counts.dtype == np.int64
+    assert counts.shape == (300, 2000) and counts.has_sorted_indices
+    per_sample = np.diff(counts.indptr)
+    assert per_sample.min() >= 50 and per_sample.max() <= 300
+    assert per_sample.max() - per_sample.min() > 150      # spread over the range
+    assert (counts.data >= 1).all()
+    assert 9000 < np.median(np.asarray(counts.sum(axis=1)).ravel()) < 11500   # ~depth reads
+
+
+def test_cohort_ids_sequences_and_tree_line_up(cohort):
+    import hashlib
+    assert cohort.sample_ids == list(cohort.metadata.index) and cohort.sample_ids[0] == "sample-0001"
+    assert cohort.feature_ids == list(cohort.sequences.index) == cohort.tree.tip_names
+    assert cohort.sequences.nunique() == 2000 and (cohort.sequences.str.len() == 150).all()
+    first = cohort.sequences.iloc[0]
+    assert cohort.feature_ids[0] == hashlib.md5(first.encode()).hexdigest()
+    tree = cohort.tree
+    assert tree.n_nodes == 2 * tree.n_tips - 1 and (tree.parent < 0).sum() == 1
+    assert (tree.parent[:-1] > np.arange(tree.n_nodes - 1)).all()     # parents numbered above
+    assert set(cohort.metadata["site"]) == {"site-a", "site-b", "site-c"}
+
+
+def test_cohort_is_determined_by_its_seed(cohort):
+    again = simulate_cohort(n_samples=300, n_asvs=2000, random_seed=0)
+    assert (again.counts != cohort.counts).nnz == 0
+    assert again.tree.to_newick() == cohort.tree.to_newick()
+    other = simulate_cohort(n_samples=300, n_asvs=2000, random_seed=1)
+    assert not set(other.feature_ids) & set(cohort.feature_ids)
+
+
+def test_cohort_unifrac_follows_age_and_site(cohort):
+    d = cohort.unifrac().to_numpy()
+    assert list(cohort.unifrac().index) == cohort.sample_ids
+    rows, cols = np.triu_indices(len(d), k=1)
+    age = cohort.metadata["age"].to_numpy()
+    site = cohort.metadata["site"].to_numpy()
+    age_gap = np.abs(age[rows] - age[cols])
+    assert np.corrcoef(age_gap, d[rows, cols])[0, 1] > 0.3
+    assert d[rows, cols][site[rows] == site[cols]].mean() < d[rows, cols][site[rows] != site[cols]].mean()
+    weighted = cohort.unifrac("weighted_normalized").to_numpy()
+    assert 0 < weighted[rows, cols].mean() < 1 and not np.allclose(weighted, d)
+
+
+def test_fast_random_tree_is_rooted_and_binary():
+    parent, length = random_tree_fast(500, np.random.default_rng(0))
+    assert (parent < 0).sum() == 1 and parent[-1] == -1 and length[-1] == 0
+    children = np.bincount(parent[parent >= 0], minlength=len(parent))
+    assert (children[:500] == 0).all() and (children[500:] == 2).all()
+    assert (length[:-1] > 0).all()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"asvs_per_sample": (0, 10)}, "asvs_per_sample"),
+    ({"asvs_per_sample": (20, 10)}, "asvs_per_sample"),
+    ({"n_asvs": 100, "asvs_per_sample": (50, 300)}, "asvs_per_sample"),
+    ({"n_samples": 1}, "n_samples"),
+])
+def test_bad_cohort_parameters(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        simulate_cohort(**kwargs)

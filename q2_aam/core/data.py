@@ -13,6 +13,7 @@ import torch
 
 from .lookup import sequence_digests
 from .tokenizer import MASK, NUCLEOTIDES, PAD, tokenize
+from .unifrac import DenseDistances
 
 
 @dataclass
@@ -46,10 +47,18 @@ class SampleSet:
 
     Each sample keeps its `asv_limit` most abundant features (ties broken by
     table column, so the result never depends on row order of the input).
+    `counts` keeps the whole table (CSR, every feature of each sample), which
+    is what UniFrac from a tree reads.
+
+    A batch's distances come from `distances`: set it to an [n, n] matrix (rows
+    and columns in sample order; reading it back gives that matrix) or to any
+    object with `submatrix(indices) -> [k, k] float32`, such as
+    unifrac.TreeDistances(tree, data.feature_ids, data.counts).
     """
 
     def __init__(self, counts, sample_ids, feature_ids, sequences, max_bp, asv_limit):
         counts = scipy.sparse.csr_matrix(counts)
+        self.counts = counts                # [n, n_features], all features of each sample
         self.sample_ids = list(sample_ids)
         self.feature_ids = list(feature_ids)
         dna = [sequences[f] for f in self.feature_ids]
@@ -66,13 +75,29 @@ class SampleSet:
             self.n_capped += int(len(vals) > asv_limit)
             self.asv_ids.append(cols[order].astype(np.int64))
             self.log_abundance.append(np.log(vals[order] / vals.sum()).astype(np.float32))
-        self.distances = None       # [n, n] float32, rows/cols in sample order
+        self.distance_source = None   # submatrix(indices) -> [k, k] float32; see `distances`
         self.faith_pd = None        # [n] float32
         self.targets = None         # [n] float32 or int64
         self.asv_embedding_table = None   # [n_features, D] torch, frozen encoder
 
     def __len__(self):
         return len(self.sample_ids)
+
+    @property
+    def distances(self):
+        """The [n, n] float32 matrix when distances were given as one; otherwise
+        the distance source itself (None when there are no distances)."""
+        if isinstance(self.distance_source, DenseDistances):
+            return self.distance_source.matrix
+        return self.distance_source
+
+    @distances.setter
+    def distances(self, value):
+        if value is not None and not hasattr(value, "submatrix"):
+            value = DenseDistances(value)
+        if hasattr(value, "__len__") and len(value) != len(self):
+            raise ValueError(f"The distances cover {len(value)} samples; this set has {len(self)}.")
+        self.distance_source = value
 
     def occurrences(self, indices):
         return int(sum(len(self.asv_ids[i]) for i in indices))
@@ -118,8 +143,8 @@ class SampleSet:
                 batch.nuc_positions = torch.from_numpy(positions)
                 batch.nuc_targets = torch.from_numpy(targets.astype(np.int64))
             batch.tokens = torch.from_numpy(tokens.astype(np.int64))
-        if self.distances is not None:
-            batch.distances = torch.from_numpy(self.distances[np.ix_(indices, indices)])
+        if self.distance_source is not None:
+            batch.distances = torch.from_numpy(self.distance_source.submatrix(indices))
         if self.faith_pd is not None:
             batch.faith_pd = torch.from_numpy(self.faith_pd[indices])
         if self.targets is not None:

@@ -10,7 +10,8 @@ from .losses import LossFunction
 from .model import AAMModel, predicted_distance
 from .train import predict_outputs, train
 
-MAX_VALIDATION_PAIRS = 20000
+MAX_VALIDATION_PAIRS = 20000      # pairs kept in the detail table
+MAX_VALIDATION_SAMPLES = 2000     # samples whose pairs give the validation UniFrac fit
 
 
 def unifrac_fit(true, predicted):
@@ -23,13 +24,28 @@ def unifrac_fit(true, predicted):
     return r2, pearson
 
 
-def evaluate_unifrac(batch_size):
-    """Held-out fit over all pairs of validation samples (not only within batches)."""
+def evaluate_unifrac(batch_size, max_samples=MAX_VALIDATION_SAMPLES):
+    """Held-out fit over all pairs of validation samples (not only within batches).
+
+    Above `max_samples` validation samples, a seeded subset of that many is
+    used, so memory stays bounded however large the cohort. The true distances
+    never change between epochs: they are computed once and kept.
+    """
+    kept = {"source": None, "indices": None, "true": None}
+
     def evaluate(model, data, indices, device):
+        indices = np.asarray(indices)
+        if len(indices) > max_samples:
+            pick = np.random.default_rng(0).choice(len(indices), max_samples, replace=False)
+            indices = indices[np.sort(pick)]
+        if kept["source"] is not data.distance_source or \
+                not np.array_equal(kept["indices"], indices):
+            kept.update(source=data.distance_source, indices=indices,
+                        true=data.distance_source.submatrix(indices))
         out = predict_outputs(model, data, indices, batch_size, device)
         predicted = predicted_distance(torch.from_numpy(out["distance_embeddings"])).numpy()
         rows, cols = np.triu_indices(len(indices), k=1)
-        true = data.distances[np.ix_(indices, indices)][rows, cols]
+        true = kept["true"][rows, cols]
         predicted = predicted[rows, cols]
         r2, pearson = unifrac_fit(true, predicted)
         keep = np.arange(len(rows))
@@ -43,8 +59,7 @@ def evaluate_unifrac(batch_size):
     return evaluate
 
 
-def pretrain(data, model_cfg: ModelConfig, train_cfg: TrainConfig, zero_distance_weight=1.0,
-             log=None):
+def pretrain(data, model_cfg: ModelConfig, train_cfg: TrainConfig, log=None):
     """Pretrain an encoder on `data` (a SampleSet with distances, optionally faith_pd)."""
     if data.distances is None:
         raise ValueError("Pretraining needs a distance matrix.")
@@ -52,7 +67,7 @@ def pretrain(data, model_cfg: ModelConfig, train_cfg: TrainConfig, zero_distance
     train_idx, val_idx = split_indices(len(data), train_cfg.validation_fraction, rng)
     info = {"n_samples": len(data), "n_features": len(data.feature_ids),
             "train_samples": [data.sample_ids[i] for i in train_idx],
-            "training": train_cfg.to_dict(), "zero_distance_weight": zero_distance_weight}
+            "training": train_cfg.to_dict()}
     if data.faith_pd is not None:
         raw = data.faith_pd
         mean, std = float(raw[train_idx].mean()), float(raw[train_idx].std() or 1.0)
@@ -60,10 +75,7 @@ def pretrain(data, model_cfg: ModelConfig, train_cfg: TrainConfig, zero_distance
         info["faith_pd_scaling"] = {"mean": mean, "std": std}
     torch.manual_seed(train_cfg.random_seed)
     model = AAMModel(model_cfg)
-    loss_fn = LossFunction("encoder", nuc_penalty=train_cfg.nuc_penalty,
-                           unifrac_penalty=train_cfg.unifrac_penalty,
-                           faith_pd_penalty=train_cfg.faith_pd_penalty,
-                           zero_distance_weight=zero_distance_weight)
+    loss_fn = LossFunction.for_run("encoder", train_cfg)
     result = train(model, data, train_idx, val_idx, loss_fn, train_cfg,
                    evaluate_unifrac(train_cfg.batch_size), log)
     info["best_epoch"] = result.best_epoch
