@@ -24,7 +24,7 @@ class AAMConfigFormat(model.TextFileFormat):
             raise ValidationError(str(err)) from err
 
 
-class SafetensorsFormat(model.BinaryFileFormat):
+class AAMSafetensorsFormat(model.BinaryFileFormat):
     def _validate_(self, level):
         try:
             check_weights(str(self), read_tensors=level == "max")
@@ -32,7 +32,7 @@ class SafetensorsFormat(model.BinaryFileFormat):
             raise ValidationError(str(err)) from err
 
 
-class TrainingTableFormat(model.TextFileFormat):
+class AAMTrainingTableFormat(model.TextFileFormat):
     """A tab-separated table with a header row (history.tsv, validation.tsv)."""
 
     def _validate_(self, level):
@@ -54,7 +54,7 @@ class TrainingTableFormat(model.TextFileFormat):
                                       f"the header has {width}.")
 
 
-class TensorBoardEventFormat(model.BinaryFileFormat):
+class AAMTensorBoardEventFormat(model.BinaryFileFormat):
     def _validate_(self, level):
         # A TFRecord starts with an 8-byte length and a 4-byte CRC.
         with self.open() as fh:
@@ -64,11 +64,11 @@ class TensorBoardEventFormat(model.BinaryFileFormat):
 
 class AAMModelDirectoryFormat(model.DirectoryFormat):
     config = model.File("config.json", format=AAMConfigFormat)
-    weights = model.File("model.safetensors", format=SafetensorsFormat)
-    history = model.File("history.tsv", format=TrainingTableFormat)
-    validation = model.File("validation.tsv", format=TrainingTableFormat, optional=True)
-    lookup = model.File("lookup.safetensors", format=SafetensorsFormat, optional=True)
-    events = model.FileCollection(r"tensorboard/.+", format=TensorBoardEventFormat, optional=True)
+    weights = model.File("model.safetensors", format=AAMSafetensorsFormat)
+    history = model.File("history.tsv", format=AAMTrainingTableFormat)
+    validation = model.File("validation.tsv", format=AAMTrainingTableFormat, optional=True)
+    lookup = model.File("lookup.safetensors", format=AAMSafetensorsFormat, optional=True)
+    events = model.FileCollection(r"tensorboard/.+", format=AAMTensorBoardEventFormat, optional=True)
 
     @events.set_path_maker
     def events_path_maker(self, name):

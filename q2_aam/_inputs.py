@@ -145,6 +145,26 @@ def attach_distances(data, distance_matrix):
     data.distances = sub.astype(np.float32)
 
 
+def attach_unifrac(data, distance_matrix, phylogeny, metric, required):
+    """Give `data` its UniFrac targets: a distance matrix, or the tree from which
+    each batch's distances are computed (never an N x N matrix). Exactly one of
+    the two when `required`, at most one otherwise."""
+    if distance_matrix is not None and phylogeny is not None:
+        raise ValueError("Give either distance_matrix or phylogeny, not both: the UniFrac "
+                         "targets come from one of them.")
+    if distance_matrix is not None:
+        attach_distances(data, distance_matrix)
+    elif phylogeny is not None:
+        from .core.unifrac import TreeDistances, tree_from_treenode
+        data.distances = TreeDistances(tree_from_treenode(phylogeny), data.feature_ids,
+                                       data.counts, metric)
+    elif required:
+        raise ValueError("Pretraining needs UniFrac targets: give a distance_matrix (e.g. "
+                         "from `qiime diversity beta-phylogenetic`) or the rooted phylogeny "
+                         "of the table's features (then each batch's UniFrac is computed "
+                         "from the tree).")
+
+
 def attach_alpha(data, series, name="faith_pd"):
     missing = [s for s in data.sample_ids if s not in series.index]
     if missing:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from qiime2.plugin import Bool, Choices, Float, Int, Range, Str
 
+from .core.unifrac import METRICS as UNIFRAC_METRICS
 from .core.config import (MAX_KMER_SIZE, OPTIMIZERS, REGRESSION_LOSS_CHOICES, SCHEDULERS,
                           ModelConfig, TrainConfig)
 
@@ -164,6 +165,11 @@ PARAMETERS = {
                                "'balanced' weighs each class inversely to its frequency in the "
                                "training split.", "fit", "none"),
     # -- used by the actions themselves --
+    "unifrac_metric": Parameter(Str % Choices(list(UNIFRAC_METRICS)),
+                                "UniFrac computed from the phylogeny for each batch: "
+                                "'unweighted' (presence) or 'weighted_normalized' "
+                                "(abundance-weighted), as q2-diversity defines them. Used "
+                                "only with phylogeny.", "action", "unweighted"),
     "missing_samples": Parameter(Str % Choices(["error", "ignore"]),
                                  "'error' if samples are missing from the metadata; 'ignore' "
                                  "to use only the samples that have metadata.", "action",
@@ -189,7 +195,7 @@ ARCHITECTURE = ("embedding_dim", "attention_heads", "attention_layers", "max_bp"
 TRAINING = ("batch_size", "epochs", "learning_rate", "weight_decay", "optimizer", "scheduler",
             "warmup", "patience", "validation_fraction", "max_grad_norm",
             "gradient_accumulation_steps", "nuc_mask_ratio", "nuc_penalty", "unifrac_penalty",
-            "zero_distance_weight", "device", "random_state", "n_jobs")
+            "zero_distance_weight", "unifrac_metric", "device", "random_state", "n_jobs")
 FIT = ("freeze_encoder", "missing_samples", "kmer_size", "asv_dropout", "ensemble_size",
        *ARCHITECTURE, *TRAINING)
 APPLY = ("device", "n_jobs")

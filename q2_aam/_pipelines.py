@@ -46,13 +46,14 @@ def _fit_parameters(parameters, seed):
 
 @takes_parameters("regress_samples")
 def regress_samples(ctx, table, sequences, metadata, pretrained_encoder=None,
-                    distance_matrix=None, **parameters):
+                    distance_matrix=None, phylogeny=None, **parameters):
     seed = resolve_seed(parameters["random_state"])
     train_table, test_table = _split(ctx, table, metadata, parameters["test_size"], seed,
                                      parameters["missing_samples"], stratify=False)
     model, = ctx.get_action("aam", "fit_regressor")(
         table=train_table, sequences=sequences, metadata=metadata,
         pretrained_encoder=pretrained_encoder, distance_matrix=distance_matrix,
+        phylogeny=phylogeny,
         **{**_fit_parameters(parameters, seed), "missing_samples": "ignore"})
     apply = dict(model=model, table=test_table, sequences=sequences,
                  device=parameters["device"], n_jobs=parameters["n_jobs"])
@@ -65,7 +66,7 @@ def regress_samples(ctx, table, sequences, metadata, pretrained_encoder=None,
 
 @takes_parameters("classify_samples")
 def classify_samples(ctx, table, sequences, metadata, pretrained_encoder=None,
-                     distance_matrix=None, **parameters):
+                     distance_matrix=None, phylogeny=None, **parameters):
     seed = resolve_seed(parameters["random_state"])
     train_table, test_table = _split(ctx, table, metadata, parameters["test_size"], seed,
                                      parameters["missing_samples"], stratify=True,
@@ -73,6 +74,7 @@ def classify_samples(ctx, table, sequences, metadata, pretrained_encoder=None,
     model, = ctx.get_action("aam", "fit_classifier")(
         table=train_table, sequences=sequences, metadata=metadata,
         pretrained_encoder=pretrained_encoder, distance_matrix=distance_matrix,
+        phylogeny=phylogeny,
         **{**_fit_parameters(parameters, seed), "missing_samples": "ignore"})
     apply = dict(model=model, table=test_table, sequences=sequences,
                  device=parameters["device"], n_jobs=parameters["n_jobs"])

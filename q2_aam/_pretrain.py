@@ -3,12 +3,13 @@ import pandas as pd
 import skbio
 
 from .core.bundle import ModelBundle
-from ._inputs import attach_alpha, attach_distances, build_sample_set, log
+from ._inputs import attach_alpha, attach_unifrac, build_sample_set, log
 from ._parameters import configs, live_tensorboard_dir, resolve_seed, takes_parameters
 
 
 @takes_parameters("pretrain")
-def pretrain(table: biom.Table, sequences: pd.Series, distance_matrix: skbio.DistanceMatrix,
+def pretrain(table: biom.Table, sequences: pd.Series,
+             distance_matrix: skbio.DistanceMatrix = None, phylogeny: skbio.TreeNode = None,
              faith_pd: pd.Series = None, **parameters) -> ModelBundle:
     # torch loads only when an action runs: every `qiime` call imports every plugin.
     from .core.pretrain import pretrain as core_pretrain
@@ -18,7 +19,8 @@ def pretrain(table: biom.Table, sequences: pd.Series, distance_matrix: skbio.Dis
         random_seed=resolve_seed(parameters["random_state"]),
         tensorboard_dir=live_tensorboard_dir())
     data = build_sample_set(table, sequences, model_cfg.max_bp, model_cfg.asv_limit)
-    attach_distances(data, distance_matrix)
+    attach_unifrac(data, distance_matrix, phylogeny, parameters["unifrac_metric"],
+                   required=True)
     if faith_pd is not None:
         data.faith_pd = attach_alpha(data, faith_pd, "faith_pd")
     check_split_size(len(data), train_cfg.batch_size, train_cfg.validation_fraction)

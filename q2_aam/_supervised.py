@@ -6,7 +6,7 @@ import qiime2
 import skbio
 
 from .core.bundle import ModelBundle
-from ._inputs import _few, attach_distances, build_sample_set, log, notice
+from ._inputs import _few, attach_unifrac, build_sample_set, log, notice
 from ._parameters import configs, live_tensorboard_dir, resolve_seed, takes_parameters
 from ._pretrain import check_split_size
 
@@ -45,7 +45,8 @@ def _sample_set_with_targets(table, sequences, metadata, missing_samples, max_bp
     return data, values[[position[s] for s in data.sample_ids]]
 
 
-def _fit(task, table, sequences, metadata, pretrained_encoder, distance_matrix, parameters):
+def _fit(task, table, sequences, metadata, pretrained_encoder, distance_matrix, phylogeny,
+         parameters):
     from .core.supervised import fit
 
     if pretrained_encoder is not None and pretrained_encoder.task != "encoder":
@@ -54,7 +55,8 @@ def _fit(task, table, sequences, metadata, pretrained_encoder, distance_matrix, 
         "fit", parameters, random_seed=resolve_seed(parameters["random_state"]),
         tensorboard_dir=live_tensorboard_dir(),
         # the UniFrac loss needs distances
-        unifrac_penalty=parameters["unifrac_penalty"] if distance_matrix is not None else 0.0)
+        unifrac_penalty=(parameters["unifrac_penalty"]
+                         if distance_matrix is not None or phylogeny is not None else 0.0))
     # With a pretrained encoder, core.fit takes the encoder's architecture and
     # only the fit's own choices (k-mer size, ensemble size) from model_cfg.
     architecture = model_cfg
@@ -69,8 +71,8 @@ def _fit(task, table, sequences, metadata, pretrained_encoder, distance_matrix, 
     if task == "classifier":
         _check_classes(values, train_cfg.validation_fraction)
     check_split_size(len(data), train_cfg.batch_size, train_cfg.validation_fraction)
-    if distance_matrix is not None:
-        attach_distances(data, distance_matrix)
+    attach_unifrac(data, distance_matrix, phylogeny, parameters["unifrac_metric"],
+                   required=False)
     log(f"Fitting a {task} of '{metadata.name}' on {len(data)} samples.")
     return fit(data, values, task, model_cfg, train_cfg, encoder=pretrained_encoder,
                log=log, **fit_keywords)
@@ -92,18 +94,20 @@ def _check_classes(labels, validation_fraction):
 @takes_parameters("fit_regressor")
 def fit_regressor(table: biom.Table, sequences: pd.Series, metadata: qiime2.NumericMetadataColumn,
                   pretrained_encoder: ModelBundle = None,
-                  distance_matrix: skbio.DistanceMatrix = None, **parameters) -> ModelBundle:
+                  distance_matrix: skbio.DistanceMatrix = None,
+                  phylogeny: skbio.TreeNode = None, **parameters) -> ModelBundle:
     return _fit("regressor", table, sequences, metadata, pretrained_encoder, distance_matrix,
-                parameters)
+                phylogeny, parameters)
 
 
 @takes_parameters("fit_classifier")
 def fit_classifier(table: biom.Table, sequences: pd.Series,
                    metadata: qiime2.CategoricalMetadataColumn,
                    pretrained_encoder: ModelBundle = None,
-                   distance_matrix: skbio.DistanceMatrix = None, **parameters) -> ModelBundle:
+                   distance_matrix: skbio.DistanceMatrix = None,
+                   phylogeny: skbio.TreeNode = None, **parameters) -> ModelBundle:
     return _fit("classifier", table, sequences, metadata, pretrained_encoder, distance_matrix,
-                parameters)
+                phylogeny, parameters)
 
 
 def _sample_set(model, table, sequences):

@@ -6,13 +6,14 @@ from q2_types.feature_data import FeatureData, Sequence
 from q2_types.feature_table import FeatureTable, Frequency, RelativeFrequency
 from q2_types.ordination import PCoAResults
 from q2_types.sample_data import AlphaDiversity, SampleData
+from q2_types.tree import Phylogeny, Rooted
 from qiime2.plugin import (Categorical, Citations, MetadataColumn, Numeric, Plugin, TypeMap,
                            Visualization)
 
 import q2_aam
 from . import _examples, _parameters, _visualizer_examples
-from ._format import (AAMConfigFormat, AAMModelDirectoryFormat, SafetensorsFormat,
-                      TensorBoardEventFormat, TrainingTableFormat)
+from ._format import (AAMConfigFormat, AAMModelDirectoryFormat, AAMSafetensorsFormat,
+                      AAMTensorBoardEventFormat, AAMTrainingTableFormat)
 from ._lr_finder import find_learning_rate
 from ._pipelines import classify_samples, regress_samples
 from ._pretrain import pretrain
@@ -35,13 +36,29 @@ plugin = Plugin(
     citations=[citations["vaswani2017attention"]],
 )
 
-plugin.register_formats(AAMConfigFormat, SafetensorsFormat, TrainingTableFormat,
-                        TensorBoardEventFormat, AAMModelDirectoryFormat)
+plugin.register_formats(AAMConfigFormat, AAMSafetensorsFormat, AAMTrainingTableFormat,
+                        AAMTensorBoardEventFormat, AAMModelDirectoryFormat)
 plugin.register_semantic_types(AAMModel, Encoder)
-plugin.register_semantic_type_to_format(AAMModel[Encoder | Regressor | Classifier],
-                                        AAMModelDirectoryFormat)
+ARTIFACT_CLASSES = {
+    Encoder: "A pretrained AAM encoder (from `qiime aam pretrain`): a nucleotide transformer "
+             "per ASV and a set transformer per sample whose embeddings reproduce UniFrac.",
+    Regressor: "A fitted AAM regressor of a numeric metadata column, with its target scaling "
+               "and, when its neighbour look-up is on, its training samples' ASV sets and "
+               "targets.",
+    Classifier: "A fitted AAM classifier of a categorical metadata column, with its class "
+                "labels.",
+}
+for kind, description in ARTIFACT_CLASSES.items():
+    plugin.register_artifact_class(
+        AAMModel[kind], AAMModelDirectoryFormat,
+        description=description + " Stored as config.json, safetensors weights (no pickle), "
+                                  "the training history and TensorBoard event files.")
 
 
+PHYLOGENY_DESCRIPTION = (
+    "The rooted phylogeny of the table's features (tips named by feature ID, e.g. from "
+    "`qiime phylogeny align-to-tree-mafft-fasttree`): each batch's UniFrac (unifrac_metric) "
+    "is computed from it during training, so no N x N distance matrix is ever held.")
 TENSORBOARD_NOTE = (f"To follow training live in TensorBoard, set the environment variable "
                     f"{_parameters.TENSORBOARD_ENV} to a directory before running; the event "
                     "files are always kept inside the model artifact.")
@@ -61,6 +78,7 @@ plugin.methods.register_function(
     inputs={"table": FeatureTable[Frequency | RelativeFrequency],
             "sequences": FeatureData[Sequence],
             "distance_matrix": DistanceMatrix,
+            "phylogeny": Phylogeny[Rooted],
             "faith_pd": SampleData[AlphaDiversity]},
     parameters=parameters("pretrain"),
     outputs=[("encoder", AAMModel[Encoder])],
@@ -68,7 +86,8 @@ plugin.methods.register_function(
         "table": "Feature table of the samples to learn from.",
         "sequences": "The DNA sequence of every feature in the table.",
         "distance_matrix": "UniFrac distances (values in [0, 1]) between the table's samples; "
-                           "extra samples are ignored.",
+                           "extra samples are ignored. Give this or phylogeny.",
+        "phylogeny": PHYLOGENY_DESCRIPTION + " Give this or distance_matrix.",
         "faith_pd": "Optional Faith's phylogenetic diversity per sample, learned as an extra "
                     "target.",
     },
@@ -90,7 +109,8 @@ plugin.methods.register_function(
 
 FIT_INPUTS = {"table": FeatureTable[Frequency | RelativeFrequency],
               "sequences": FeatureData[Sequence],
-              "pretrained_encoder": AAMModel[Encoder], "distance_matrix": DistanceMatrix}
+              "pretrained_encoder": AAMModel[Encoder], "distance_matrix": DistanceMatrix,
+              "phylogeny": Phylogeny[Rooted]}
 FIT_INPUT_DESCRIPTIONS = {
     "table": "Feature table of the training samples (counts or relative frequencies: the "
              "model reads relative abundances).",
@@ -101,6 +121,7 @@ FIT_INPUT_DESCRIPTIONS = {
                           "model).",
     "distance_matrix": "Optional UniFrac distances between the samples; when given, the "
                        "UniFrac loss is kept as an auxiliary loss (weight unifrac_penalty).",
+    "phylogeny": "Optional, instead of distance_matrix: " + PHYLOGENY_DESCRIPTION,
 }
 FIT_CITATIONS = [citations["vaswani2017attention"], citations["loshchilov2019adamw"],
                  citations["chen2023symbolic"]]

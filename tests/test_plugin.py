@@ -15,7 +15,7 @@ import skbio
 from qiime2.plugin.testing import TestPluginBase
 from qiime2.sdk import usage
 
-from conftest import TINY_MODEL
+from conftest import TINY_MODEL, TINY_TRAINING
 from q2_aam._examples import simulated, to_artifacts, to_views
 from q2_aam.core.bundle import ModelBundle
 
@@ -374,3 +374,67 @@ class ActionRecordingUsage(usage.Usage):
     def action(self, action, inputs, outputs):
         self.action_ids.append(action.action_id)
         return super().action(action, inputs, outputs)
+
+
+def test_registered_names_cannot_collide_and_classes_are_described():
+    from q2_aam.plugin_setup import plugin
+    # QIIME 2 refuses to load every plugin when two register one name.
+    assert all(name.startswith("AAM") for name in plugin.formats)
+    assert set(plugin.type_fragments) == {"AAMModel", "Encoder"}  # Encoder: see README
+    assert set(plugin.artifact_classes) == {"AAMModel[Encoder]", "AAMModel[Regressor]",
+                                            "AAMModel[Classifier]"}
+    assert all(record.description for record in plugin.artifact_classes.values())
+
+
+def tree_artifact(sim):
+    import io
+    tree = skbio.TreeNode.read(io.StringIO(sim.tree.to_newick()))
+    return qiime2.Artifact.import_data("Phylogeny[Rooted]", tree)
+
+
+def test_cli_pretrain_from_the_tree_learns_unifrac(qiime, tmp_path):
+    from q2_aam.core.simulate import simulate
+    sim = simulate(**LEARN_SIM)
+    table, sequences, _, _ = to_artifacts(sim)
+    args = ["aam", "pretrain"]
+    for name, artifact in (("table", table), ("sequences", sequences),
+                           ("phylogeny", tree_artifact(sim))):
+        args += [f"--i-{name}", artifact.save(str(tmp_path / name))]
+    for key, value in LEARN_ARGS.items():
+        args += [key, str(value)]
+    out = tmp_path / "encoder.qza"
+    result = qiime(*args, "--o-encoder", str(out), timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    bundle = qiime2.Artifact.load(str(out)).view(ModelBundle)
+    history = bundle.history
+    r2 = history.loc[history["epoch"] == bundle.info["best_epoch"], "val/unifrac_r2"].item()
+    assert r2 > 0.4, history[["epoch", "val/loss", "val/unifrac_r2"]].to_string()
+    # The held-out pairs' true distances are the tree's UniFrac, the simulator's too.
+    detail = bundle.validation.iloc[:50]
+    expected = sim.unifrac.to_numpy()[
+        [sim.unifrac.index.get_loc(a) for a in detail["sample_a"]],
+        [sim.unifrac.index.get_loc(b) for b in detail["sample_b"]]]
+    np.testing.assert_allclose(detail["true"], expected, atol=1e-6)
+
+
+def test_pretrain_needs_exactly_one_source_of_unifrac(artifacts, sim):
+    from qiime2.plugins import aam
+    table, sequences, distance_matrix, _ = artifacts
+    with pytest.raises(ValueError, match="Pretraining needs UniFrac targets"):
+        aam.methods.pretrain(table=table, sequences=sequences, **TINY_MODEL, **TINY_TRAINING)
+    with pytest.raises(ValueError, match="either distance_matrix or phylogeny, not both"):
+        aam.methods.pretrain(table=table, sequences=sequences, distance_matrix=distance_matrix,
+                             phylogeny=tree_artifact(sim), **TINY_MODEL, **TINY_TRAINING)
+
+
+def test_a_tree_without_the_tables_features_is_explained(artifacts, sim):
+    import io
+    from qiime2.plugins import aam
+    table, sequences, _, _ = artifacts
+    renamed = skbio.TreeNode.read(io.StringIO(sim.tree.to_newick()))
+    for tip in renamed.tips():
+        tip.name = "x" + tip.name
+    tree = qiime2.Artifact.import_data("Phylogeny[Rooted]", renamed)
+    with pytest.raises(ValueError, match="feature"):
+        aam.methods.pretrain(table=table, sequences=sequences, phylogeny=tree, **TINY_MODEL,
+                             **TINY_TRAINING)
