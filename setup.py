@@ -6,7 +6,7 @@ from setuptools import find_packages, setup
 # never from PyPI, so it is deliberately absent here: listing it would let pip
 # replace the distribution's copies. See recipe/meta.yaml for the conda route.
 INSTALL_REQUIRES = [
-    "torch>=2.1",
+    "torch>=2.3",      # torch.nn.attention.sdpa_kernel
     "safetensors>=0.4",
     "tensorboard>=2.10",
     "tqdm>=4.60",

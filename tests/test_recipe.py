@@ -89,6 +89,46 @@ def test_run_requirements_cover_install_requires(recipe):
     assert "python" in run
 
 
+# Import name -> conda package, for the packages the code imports directly.
+IMPORTED = {"torch": "pytorch", "safetensors": "safetensors", "tqdm": "tqdm",
+            "numpy": "numpy", "pandas": "pandas", "scipy": "scipy", "sklearn": "scikit-learn",
+            "skbio": "scikit-bio", "biom": "biom-format", "matplotlib": "matplotlib-base",
+            "jinja2": "jinja2", "markupsafe": "markupsafe", "qiime2": "qiime2",
+            "q2_types": "q2-types", "q2templates": "q2templates",
+            "q2_sample_classifier": "q2-sample-classifier"}
+
+
+def imported_packages():
+    """Top-level names of every package q2_aam imports, outside the standard library."""
+    import sys
+    names = set()
+    for root, _, files in os.walk(os.path.join(REPO, "q2_aam")):
+        for name in files:
+            if name.endswith(".py"):
+                with open(os.path.join(root, name)) as fh:
+                    tree = ast.parse(fh.read())
+                for node in ast.walk(tree):
+                    if isinstance(node, ast.Import):
+                        names |= {alias.name.split(".")[0] for alias in node.names}
+                    elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                        names.add(node.module.split(".")[0])
+    return {n for n in names if n not in sys.stdlib_module_names and n != "q2_aam"}
+
+
+def test_every_imported_package_is_a_run_requirement(recipe):
+    run = {split_requirement(r)[0] for r in recipe["requirements"]["run"]}
+    imported = imported_packages()
+    assert imported <= set(IMPORTED), f"map these imports to conda packages: " \
+                                      f"{imported - set(IMPORTED)}"
+    assert {IMPORTED[name] for name in imported} <= run
+
+
+def test_qiime2_packages_are_pinned_to_one_epoch(recipe):
+    run = dict(split_requirement(r) for r in recipe["requirements"]["run"])
+    epochs = {run[name] for name in QIIME2_PACKAGES}
+    assert epochs == {"2022.11.*"}
+
+
 def test_render_rejects_unknown_variables(tmp_path):
     # Guards the renderer above: an undefined conda-build variable must not
     # silently render as an empty string.
