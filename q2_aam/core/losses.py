@@ -1,4 +1,5 @@
 """Loss terms. Each returns a scalar tensor; names match the history columns."""
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -99,6 +100,15 @@ class LossFunction:
         self.class_weights = class_weights
         self.regression_loss = regression_loss
         self.bin_centers = bin_centers      # the 'binned' regression loss's, standardized
+
+    def sample_weights(self, batch):
+        """[B] numpy weight of each sample in the target loss's mean (its class
+        weight in a weighted classification, else 1); data-parallel training
+        shares the term between ranks by these (distributed.shard_batch)."""
+        if self.task == "classifier" and self.class_weights is not None \
+                and batch.targets is not None:
+            return self.class_weights.cpu().numpy()[batch.targets.cpu().numpy()]
+        return np.ones(batch.size)
 
     def __call__(self, out, batch):
         losses = {}

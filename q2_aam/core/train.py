@@ -4,6 +4,12 @@ The optimizer and learning-rate schedule chosen in the TrainConfig (optim.py),
 gradient clipping and accumulation, early stopping that restores the single best
 weights, seeded shuffling and masking. Host syncs happen once per `log_every`
 steps and at epoch ends, never per step.
+
+Inside an initialized torch.distributed process group the same engine trains
+data-parallel (DistributedDataParallel; distributed.py says how a global batch
+is shared): every rank calls `train` with the same arguments, and all of them
+end holding the same best weights. Rank 0 alone logs and writes TensorBoard
+events.
 """
 import contextlib
 import math
@@ -19,6 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from . import distributed
 from .bundle import read_files
 from .config import TrainConfig
 from .data import batch_indices
@@ -119,6 +126,19 @@ def exit_on_sigterm():
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
+class NoEventWriters:
+    """What ranks other than 0 write: nothing."""
+
+    def add_scalar(self, key, value, step):
+        pass
+
+    def close(self):
+        pass
+
+    def event_files(self):
+        return {}
+
+
 class EventWriters:
     """TensorBoard scalars written twice: to the run's private `scratch`
     directory, whose files (this run's alone) are kept in the model, and, when
@@ -163,6 +183,8 @@ def run_epoch_losses(model, data, indices, loss_fn, cfg, device, rng, optimizer=
                      schedule=None, progress=None, epoch=0):
     """One pass over `indices`; trains when an optimizer (and its schedule) is given.
 
+    Data-parallel, `model` is the DistributedDataParallel module when training.
+
     Returns the sample-weighted mean of every loss term as floats.
     """
     training = optimizer is not None
@@ -172,11 +194,9 @@ def run_epoch_losses(model, data, indices, loss_fn, cfg, device, rng, optimizer=
     first_bad_step = torch.tensor(-1, device=device)
     accum = cfg.gradient_accumulation_steps
     for step, idx in enumerate(batches):
-        batch = data.collate(idx, cfg.nuc_mask_ratio, rng,
-                             cfg.asv_dropout if training else 0.0).to(device)
+        batch = data.collate(idx, cfg.nuc_mask_ratio, rng, cfg.asv_dropout if training else 0.0)
         with torch.set_grad_enabled(training), autocast(device):
-            losses = loss_fn(model(batch), batch)
-        loss = losses["loss"]
+            losses, loss = batch_losses(model, batch, loss_fn, device)
         first_bad_step = torch.where((first_bad_step < 0) & ~torch.isfinite(loss.detach()),
                                      step, first_bad_step)
         if training:
@@ -192,15 +212,50 @@ def run_epoch_losses(model, data, indices, loss_fn, cfg, device, rng, optimizer=
         if (step + 1) % cfg.log_every == 0 or step + 1 == len(batches):
             _check_finite(first_bad_step, epoch, training)
             if progress is not None:
-                progress.set_postfix({k: f"{v.item() / n_seen:.4f}" for k, v in sums.items()}
+                totals = _summed_over_ranks(sums)
+                progress.set_postfix({k: f"{v / n_seen:.4f}" for k, v in totals.items()}
                                      | {"lr": f"{optimizer.param_groups[0]['lr']:.2e}"})
         if progress is not None:
             progress.update(1)
-    return {name: float(value) / n_seen for name, value in sums.items()}
+    return {name: value / n_seen for name, value in _summed_over_ranks(sums).items()}
+
+
+def batch_losses(model, batch, loss_fn, device):
+    """The loss terms of the collated (global) `batch` and the loss to back-propagate.
+
+    In one process: the terms, and their weighted sum. Data-parallel: this
+    rank's share of each term (their sum over ranks is the global batch's
+    term) and a loss whose gradient, averaged by DDP, is the one-process
+    gradient of the global batch (distributed.py).
+    """
+    if not distributed.active():
+        batch = batch.to(device)
+        losses = loss_fn(model(batch), batch)
+        return losses, losses["loss"]
+    world = distributed.world_size()
+    shard = distributed.shard_batch(batch, loss_fn, distributed.rank(), world)
+    local = shard.batch.to(device)
+    out = model(local)
+    if local.distances is not None:       # every pair of the global batch
+        out["distance_embeddings"] = distributed.gather_rows(out["distance_embeddings"],
+                                                             shard.sizes)
+    terms = loss_fn(out, local)
+    shares = {name: value * shard.shares[name] for name, value in terms.items() if name != "loss"}
+    shares["loss"] = sum(loss_fn.penalties[name] * value for name, value in shares.items())
+    return shares, world * shares["loss"]
+
+
+def _summed_over_ranks(sums):
+    """Host floats of the running sums, added over ranks when data-parallel."""
+    names = sorted(sums)
+    if not names:
+        return {}
+    totals = distributed.sum_over_ranks(torch.stack([sums[name] for name in names]))
+    return dict(zip(names, totals.tolist()))
 
 
 def _check_finite(first_bad_step, epoch, training):
-    bad = int(first_bad_step)
+    bad = distributed.first_bad_step(first_bad_step)
     if bad >= 0:
         where = "training" if training else "validation"
         raise NonFiniteLossError(
@@ -218,18 +273,25 @@ def train(model, data, train_idx, val_idx, loss_fn, cfg: TrainConfig, evaluate=N
     the detail of the best epoch is returned as `best_validation`.
     """
     log = log or (lambda message: print(message, file=sys.stderr))
-    if cfg.tensorboard_dir:
+    main = distributed.is_main()
+    if not main:
+        log = _silent
+    distributed.check_batch_size(cfg.batch_size)
+    if cfg.tensorboard_dir and main:
         check_writable_directory(cfg.tensorboard_dir, "tensorboard_dir")
     device = resolve_device(cfg.device)
     model.to(device)
     rng = np.random.default_rng(cfg.random_seed)
     optimizer = make_optimizer(model, cfg)
+    trained = distributed.wrap(model, device)      # the model itself in one process
     steps_per_epoch = len(batch_indices(train_idx, cfg.batch_size))
     total_steps = cfg.epochs * math.ceil(steps_per_epoch / cfg.gradient_accumulation_steps)
     schedule = make_scheduler(optimizer, cfg, total_steps)
     has_validation = len(val_idx) >= 2
     monitor = "val/loss" if has_validation else "train/loss"
-    log(f"Training on {device} ({len(train_idx)} training, {len(val_idx)} validation samples, "
+    where = (f"{distributed.world_size()} processes ({device} each)" if distributed.active()
+             else str(device))
+    log(f"Training on {where} ({len(train_idx)} training, {len(val_idx)} validation samples, "
         f"{steps_per_epoch} steps per epoch, up to {cfg.epochs} epochs) with {cfg.optimizer} "
         f"and the {cfg.scheduler} schedule; early stopping on {monitor} with patience "
         f"{cfg.patience}.")
@@ -238,9 +300,9 @@ def train(model, data, train_idx, val_idx, loss_fn, cfg: TrainConfig, evaluate=N
 
     with exit_on_sigterm(), tempfile.TemporaryDirectory(prefix="q2-aam-") as scratch, \
             deterministic_kernels(device):
-        writer = EventWriters(scratch, cfg.tensorboard_dir, log)
+        writer = EventWriters(scratch, cfg.tensorboard_dir, log) if main else NoEventWriters()
         progress = tqdm(total=cfg.epochs * steps_per_epoch, file=sys.stderr, unit="step",
-                        mininterval=1.0, dynamic_ncols=True)
+                        mininterval=1.0, dynamic_ncols=True, disable=not main)
         rows, best, best_state, best_epoch, best_detail, stale = [], math.inf, None, 0, None, 0
         try:
             for epoch in range(1, cfg.epochs + 1):
@@ -248,7 +310,7 @@ def train(model, data, train_idx, val_idx, loss_fn, cfg: TrainConfig, evaluate=N
                 progress.set_description(f"epoch {epoch}")
                 lr = optimizer.param_groups[0]["lr"]
                 row = {"epoch": epoch, "learning_rate": lr}
-                train_losses = run_epoch_losses(model, data, train_idx, loss_fn, cfg, device, rng,
+                train_losses = run_epoch_losses(trained, data, train_idx, loss_fn, cfg, device, rng,
                                                 optimizer, schedule, progress, epoch)
                 row.update({f"train/{k}": v for k, v in train_losses.items()})
                 detail = None
@@ -268,9 +330,11 @@ def train(model, data, train_idx, val_idx, loss_fn, cfg: TrainConfig, evaluate=N
                         writer.add_scalar(key, value, epoch)
                 writer.add_scalar("learning_rate", lr, epoch)
                 log(_format_row(row))
-                schedule.step_epoch(row[monitor])
-                if row[monitor] < best:
-                    best, best_epoch, best_detail, stale = row[monitor], epoch, detail, 0
+                # Rank 0's value: every rank then decides alike (the values agree anyway).
+                value = distributed.same_on_all_ranks(row[monitor])
+                schedule.step_epoch(value)
+                if value < best:
+                    best, best_epoch, best_detail, stale = value, epoch, detail, 0
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 else:
                     stale += 1
@@ -287,6 +351,10 @@ def train(model, data, train_idx, val_idx, loss_fn, cfg: TrainConfig, evaluate=N
     return TrainResult(pd.DataFrame(rows), best_epoch, best_detail, event_files)
 
 
+def _silent(message):
+    pass
+
+
 def _format_row(row):
     parts = [f"epoch {row['epoch']}"]
     parts += [f"{k}={v:.4f}" for k, v in row.items() if "/" in k]
@@ -295,7 +363,19 @@ def _format_row(row):
 
 @torch.no_grad()
 def predict_outputs(model, data, indices, batch_size, device):
-    """Unmasked forward pass; returns each output as a numpy array in `indices` order."""
+    """Unmasked forward pass; returns each output as a numpy array in `indices` order.
+
+    Data-parallel, each rank runs its share of `indices` and every rank gets
+    all outputs: so every rank must call this, with the same arguments.
+    """
+    if distributed.active():
+        share = np.array_split(np.asarray(indices), distributed.world_size())[distributed.rank()]
+        mine = _predict(model, data, share, batch_size, device) if len(share) else {}
+        return distributed.gather_outputs(mine)
+    return _predict(model, data, indices, batch_size, device)
+
+
+def _predict(model, data, indices, batch_size, device):
     model.eval()
     collected = {}
     for idx in batch_indices(indices, batch_size):
