@@ -117,7 +117,7 @@ PARAMETERS = {
     "nuc_penalty": _train(Float % Range(0, None), "Weight of the masked-nucleotide loss."),
     "unifrac_penalty": _train(Float % Range(0, None),
                               "Weight of the UniFrac loss (in the fits: only with "
-                              "distance_matrix)."),
+                              "distance_matrix or phylogeny)."),
     "zero_distance_weight": _train(Float % Range(0, None),
                                    "Weight of sample pairs whose true distance is 0 in the "
                                    "UniFrac loss (1 weighs them like any pair)."),

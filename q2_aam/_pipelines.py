@@ -37,26 +37,31 @@ def _split(ctx, table, metadata, test_size, random_seed, missing_samples, strati
     return parts
 
 
-def _fit_parameters(parameters, seed):
-    """The fit's parameters: the pipeline's, less its own, with the drawn seed
-    (the split and the fit share it)."""
-    return {**{k: v for k, v in parameters.items() if k not in ("test_size", "missing_samples")},
-            "random_state": seed}
+def _fit_training_part(ctx, fit_action, table, sequences, metadata, parameters, **inputs):
+    """Split (seeded), fit `fit_action` on the training part; returns the model and
+    the arguments that apply it to the test part. The split and the fit share
+    the seed, drawn once when random_state is not given."""
+    seed = resolve_seed(parameters["random_state"])
+    stratify = fit_action == "fit_classifier"
+    train_table, test_table = _split(ctx, table, metadata, parameters["test_size"], seed,
+                                     parameters["missing_samples"], stratify=stratify,
+                                     validation_fraction=parameters["validation_fraction"])
+    fit_parameters = {k: v for k, v in parameters.items() if k != "test_size"}
+    model, = ctx.get_action("aam", fit_action)(
+        table=train_table, sequences=sequences, metadata=metadata, **inputs,
+        **{**fit_parameters, "random_state": seed, "missing_samples": "ignore"})
+    apply = dict(model=model, table=test_table, sequences=sequences,
+                 device=parameters["device"], n_jobs=parameters["n_jobs"])
+    return model, apply
 
 
 @takes_parameters("regress_samples")
 def regress_samples(ctx, table, sequences, metadata, pretrained_encoder=None,
                     distance_matrix=None, phylogeny=None, **parameters):
-    seed = resolve_seed(parameters["random_state"])
-    train_table, test_table = _split(ctx, table, metadata, parameters["test_size"], seed,
-                                     parameters["missing_samples"], stratify=False)
-    model, = ctx.get_action("aam", "fit_regressor")(
-        table=train_table, sequences=sequences, metadata=metadata,
+    model, apply = _fit_training_part(
+        ctx, "fit_regressor", table, sequences, metadata, parameters,
         pretrained_encoder=pretrained_encoder, distance_matrix=distance_matrix,
-        phylogeny=phylogeny,
-        **{**_fit_parameters(parameters, seed), "missing_samples": "ignore"})
-    apply = dict(model=model, table=test_table, sequences=sequences,
-                 device=parameters["device"], n_jobs=parameters["n_jobs"])
+        phylogeny=phylogeny)
     predictions, = ctx.get_action("aam", "predict")(**apply)
     model_summary, = ctx.get_action("aam", "summarize")(model=model)
     accuracy_results, = ctx.get_action("aam", "scatterplot")(
@@ -67,17 +72,10 @@ def regress_samples(ctx, table, sequences, metadata, pretrained_encoder=None,
 @takes_parameters("classify_samples")
 def classify_samples(ctx, table, sequences, metadata, pretrained_encoder=None,
                      distance_matrix=None, phylogeny=None, **parameters):
-    seed = resolve_seed(parameters["random_state"])
-    train_table, test_table = _split(ctx, table, metadata, parameters["test_size"], seed,
-                                     parameters["missing_samples"], stratify=True,
-                                     validation_fraction=parameters["validation_fraction"])
-    model, = ctx.get_action("aam", "fit_classifier")(
-        table=train_table, sequences=sequences, metadata=metadata,
+    model, apply = _fit_training_part(
+        ctx, "fit_classifier", table, sequences, metadata, parameters,
         pretrained_encoder=pretrained_encoder, distance_matrix=distance_matrix,
-        phylogeny=phylogeny,
-        **{**_fit_parameters(parameters, seed), "missing_samples": "ignore"})
-    apply = dict(model=model, table=test_table, sequences=sequences,
-                 device=parameters["device"], n_jobs=parameters["n_jobs"])
+        phylogeny=phylogeny)
     predictions, = ctx.get_action("aam", "predict")(**apply)
     probabilities, = ctx.get_action("aam", "predict_probabilities")(**apply)
     model_summary, = ctx.get_action("aam", "summarize")(model=model)
