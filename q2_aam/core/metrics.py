@@ -68,7 +68,8 @@ def classification_metrics(true, predicted) -> dict:
 
 def compared_classes(true, predicted) -> list:
     """The classes the metrics count: those among the true or the predicted labels."""
-    return list(unique_labels(np.asarray(true), np.asarray(predicted)))
+    # tolist: plain Python labels (numpy 2 would print np.str_('a') in messages)
+    return unique_labels(np.asarray(true), np.asarray(predicted)).tolist()
 
 
 def accuracy(true, predicted) -> float:
