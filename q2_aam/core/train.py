@@ -12,6 +12,7 @@ end holding the same best weights. Rank 0 alone logs and writes TensorBoard
 events.
 """
 import contextlib
+import functools
 import math
 import os
 import signal
@@ -264,6 +265,25 @@ def _check_finite(first_bad_step, epoch, training):
             "check the inputs for extreme values.")
 
 
+@dataclass
+class EarlyStopping:
+    """Keeps the best epoch's weights and says when `patience` epochs passed without one."""
+    patience: int
+    best: float = math.inf
+    best_epoch: int = 0
+    best_state: dict = None
+    best_detail: object = None
+    stale: int = 0
+
+    def should_stop(self, value, epoch, model, detail):
+        if value < self.best:
+            self.best, self.best_epoch, self.best_detail, self.stale = value, epoch, detail, 0
+            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            return False
+        self.stale += 1
+        return self.stale >= self.patience
+
+
 def train(model, data, train_idx, val_idx, loss_fn, cfg: TrainConfig, evaluate=None,
           log=None):
     """Train `model` in place and leave it holding the best epoch's weights.
@@ -272,30 +292,23 @@ def train(model, data, train_idx, val_idx, loss_fn, cfg: TrainConfig, evaluate=N
     metrics (for example held-out UniFrac R^2) to each epoch's validation row;
     the detail of the best epoch is returned as `best_validation`.
     """
-    log = log or (lambda message: print(message, file=sys.stderr))
     main = distributed.is_main()
-    if not main:
-        log = _silent
+    log = (log or (lambda message: print(message, file=sys.stderr))) if main else _silent
     distributed.check_batch_size(cfg.batch_size)
     if cfg.tensorboard_dir and main:
         check_writable_directory(cfg.tensorboard_dir, "tensorboard_dir")
     device = resolve_device(cfg.device)
     model.to(device)
-    rng = np.random.default_rng(cfg.random_seed)
     optimizer = make_optimizer(model, cfg)
-    trained = distributed.wrap(model, device)      # the model itself in one process
     steps_per_epoch = len(batch_indices(train_idx, cfg.batch_size))
-    total_steps = cfg.epochs * math.ceil(steps_per_epoch / cfg.gradient_accumulation_steps)
-    schedule = make_scheduler(optimizer, cfg, total_steps)
-    has_validation = len(val_idx) >= 2
-    monitor = "val/loss" if has_validation else "train/loss"
-    where = (f"{distributed.world_size()} processes ({device} each)" if distributed.active()
-             else str(device))
-    log(f"Training on {where} ({len(train_idx)} training, {len(val_idx)} validation samples, "
-        f"{steps_per_epoch} steps per epoch, up to {cfg.epochs} epochs) with {cfg.optimizer} "
-        f"and the {cfg.scheduler} schedule; early stopping on {monitor} with patience "
-        f"{cfg.patience}.")
-
+    schedule = make_scheduler(optimizer, cfg, cfg.epochs * math.ceil(
+        steps_per_epoch / cfg.gradient_accumulation_steps))
+    monitor = "val/loss" if len(val_idx) >= 2 else "train/loss"
+    _log_start(log, device, cfg, train_idx, val_idx, steps_per_epoch, monitor)
+    epoch = functools.partial(_epoch_row, distributed.wrap(model, device), model, data,
+                              train_idx, val_idx, loss_fn, cfg, device,
+                              np.random.default_rng(cfg.random_seed), optimizer, schedule,
+                              evaluate)
     from tqdm.auto import tqdm
 
     with exit_on_sigterm(), tempfile.TemporaryDirectory(prefix="q2-aam-") as scratch, \
@@ -303,52 +316,69 @@ def train(model, data, train_idx, val_idx, loss_fn, cfg: TrainConfig, evaluate=N
         writer = EventWriters(scratch, cfg.tensorboard_dir, log) if main else NoEventWriters()
         progress = tqdm(total=cfg.epochs * steps_per_epoch, file=sys.stderr, unit="step",
                         mininterval=1.0, dynamic_ncols=True, disable=not main)
-        rows, best, best_state, best_epoch, best_detail, stale = [], math.inf, None, 0, None, 0
+        rows, stopping = [], EarlyStopping(cfg.patience)
         try:
-            for epoch in range(1, cfg.epochs + 1):
-                start = time.perf_counter()
-                progress.set_description(f"epoch {epoch}")
-                lr = optimizer.param_groups[0]["lr"]
-                row = {"epoch": epoch, "learning_rate": lr}
-                train_losses = run_epoch_losses(trained, data, train_idx, loss_fn, cfg, device, rng,
-                                                optimizer, schedule, progress, epoch)
-                row.update({f"train/{k}": v for k, v in train_losses.items()})
-                detail = None
-                if has_validation:
-                    # A fixed generator: every epoch masks the same validation bases.
-                    val_rng = np.random.default_rng([cfg.random_seed, 1])
-                    val_losses = run_epoch_losses(model, data, val_idx, loss_fn, cfg, device,
-                                                  val_rng, epoch=epoch)
-                    row.update({f"val/{k}": v for k, v in val_losses.items()})
-                    if evaluate is not None:
-                        metrics, detail = evaluate(model, data, val_idx, device)
-                        row.update({f"val/{k}": v for k, v in metrics.items()})
-                row["seconds"] = time.perf_counter() - start
+            for number in range(1, cfg.epochs + 1):
+                row, detail = epoch(number, progress)
                 rows.append(row)
-                for key, value in row.items():
-                    if "/" in key:
-                        writer.add_scalar(key, value, epoch)
-                writer.add_scalar("learning_rate", lr, epoch)
-                log(_format_row(row))
+                _record(writer, log, row)
                 # Rank 0's value: every rank then decides alike (the values agree anyway).
                 value = distributed.same_on_all_ranks(row[monitor])
                 schedule.step_epoch(value)
-                if value < best:
-                    best, best_epoch, best_detail, stale = value, epoch, detail, 0
-                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                else:
-                    stale += 1
-                    if stale >= cfg.patience:
-                        log(f"Early stopping after epoch {epoch}: {monitor} has not improved "
-                            f"for {cfg.patience} epochs.")
-                        break
+                if stopping.should_stop(value, number, model, detail):
+                    log(f"Early stopping after epoch {number}: {monitor} has not improved "
+                        f"for {cfg.patience} epochs.")
+                    break
         finally:
             progress.close()
             writer.close()
-        model.load_state_dict(best_state)
-        log(f"Best epoch: {best_epoch} ({monitor} = {best:.4f}); its weights are kept.")
+        model.load_state_dict(stopping.best_state)
+        log(f"Best epoch: {stopping.best_epoch} ({monitor} = {stopping.best:.4f}); its weights "
+            "are kept.")
         event_files = writer.event_files()
-    return TrainResult(pd.DataFrame(rows), best_epoch, best_detail, event_files)
+    return TrainResult(pd.DataFrame(rows), stopping.best_epoch, stopping.best_detail,
+                       event_files)
+
+
+def _log_start(log, device, cfg, train_idx, val_idx, steps_per_epoch, monitor):
+    where = (f"{distributed.world_size()} processes ({device} each)" if distributed.active()
+             else str(device))
+    log(f"Training on {where} ({len(train_idx)} training, {len(val_idx)} validation samples, "
+        f"{steps_per_epoch} steps per epoch, up to {cfg.epochs} epochs) with {cfg.optimizer} "
+        f"and the {cfg.scheduler} schedule; early stopping on {monitor} with patience "
+        f"{cfg.patience}.")
+
+
+def _epoch_row(trained, model, data, train_idx, val_idx, loss_fn, cfg, device, rng, optimizer,
+               schedule, evaluate, number, progress):
+    """One epoch: train on `trained` (the model, or its DDP wrapper), then validate
+    `model`. Returns the history row and the evaluation's detail (or None)."""
+    start = time.perf_counter()
+    progress.set_description(f"epoch {number}")
+    row = {"epoch": number, "learning_rate": optimizer.param_groups[0]["lr"]}
+    train_losses = run_epoch_losses(trained, data, train_idx, loss_fn, cfg, device, rng,
+                                    optimizer, schedule, progress, number)
+    row.update({f"train/{k}": v for k, v in train_losses.items()})
+    detail = None
+    if len(val_idx) >= 2:
+        # A fixed generator: every epoch masks the same validation bases.
+        val_rng = np.random.default_rng([cfg.random_seed, 1])
+        val_losses = run_epoch_losses(model, data, val_idx, loss_fn, cfg, device, val_rng,
+                                      epoch=number)
+        row.update({f"val/{k}": v for k, v in val_losses.items()})
+        if evaluate is not None:
+            metrics, detail = evaluate(model, data, val_idx, device)
+            row.update({f"val/{k}": v for k, v in metrics.items()})
+    row["seconds"] = time.perf_counter() - start
+    return row, detail
+
+
+def _record(writer, log, row):
+    for key, value in row.items():
+        if "/" in key:
+            writer.add_scalar(key, value, row["epoch"])
+    writer.add_scalar("learning_rate", row["learning_rate"], row["epoch"])
+    log(_format_row(row))
 
 
 def _silent(message):
