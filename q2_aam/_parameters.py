@@ -177,6 +177,20 @@ PARAMETERS = {
     "n_jobs": Parameter(Int % Range(-1, None),
                         "CPU threads torch may use (-1: all cores). It sets the threads of "
                         "the CPU work also when a GPU trains.", "action", 1),
+    "n_devices": Parameter(Int % Range(1, None),
+                           "Devices that train the model together, data-parallel: each takes "
+                           "its share of every batch (batch_size stays the whole batch, so it "
+                           "must be at least n_devices) and the UniFrac loss still compares "
+                           "every pair of the batch. On the CPU (gloo): that many worker "
+                           "processes, sharing the n_jobs threads between them (at least one "
+                           "each). On CUDA "
+                           "(NCCL): one GPU each, so at most as many as torch sees. The model "
+                           "is the same kind as a one-device run's with the same settings: "
+                           "each step's gradient is the one-device gradient up to "
+                           "floating-point rounding. In a fit, ensemble members still train "
+                           "one after the other, each on all the devices. 1: train in this "
+                           "process.",
+                           "action", 1),
     "test_size": Parameter(Float % Range(0, 1, inclusive_start=False),
                            "Fraction of samples held out as the test part (seeded by "
                            "random_state; stratified by class for classification).",
@@ -195,7 +209,8 @@ ARCHITECTURE = ("embedding_dim", "attention_heads", "attention_layers", "max_bp"
 TRAINING = ("batch_size", "epochs", "learning_rate", "weight_decay", "optimizer", "scheduler",
             "warmup", "patience", "validation_fraction", "max_grad_norm",
             "gradient_accumulation_steps", "nuc_mask_ratio", "nuc_penalty", "unifrac_penalty",
-            "zero_distance_weight", "unifrac_metric", "device", "random_state", "n_jobs")
+            "zero_distance_weight", "unifrac_metric", "device", "random_state", "n_jobs",
+            "n_devices")
 FIT = ("freeze_encoder", "missing_samples", "kmer_size", "asv_dropout", "ensemble_size",
        *ARCHITECTURE, *TRAINING)
 APPLY = ("device", "n_jobs")

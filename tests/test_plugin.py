@@ -438,3 +438,58 @@ def test_a_tree_without_the_tables_features_is_explained(artifacts, sim):
     with pytest.raises(ValueError, match="feature"):
         aam.methods.pretrain(table=table, sequences=sequences, phylogeny=tree, **TINY_MODEL,
                              **TINY_TRAINING)
+
+
+# --- several devices ----------------------------------------------------------------------
+
+
+def test_cli_pretrain_on_two_devices_matches_one_device(qiime, aam, artifacts, tmp_path):
+    table, sequences, distance_matrix, _ = artifacts
+    # SGD: the two runs differ by float round-off only, which SGD does not amplify
+    # (Adam's step normalization can; tests/test_distributed.py says more).
+    settings = dict(**TINY_MODEL, epochs=2, batch_size=8, validation_fraction=0.25,
+                    device="cpu", random_state=0, optimizer="sgd", learning_rate=0.05)
+    args = ["aam", "pretrain", "--verbose", "--p-n-devices", "2", "--p-n-jobs", "2"]
+    for name, artifact in (("table", table), ("sequences", sequences),
+                           ("distance-matrix", distance_matrix)):
+        args += [f"--i-{name}", artifact.save(str(tmp_path / name))]
+    for key, value in settings.items():
+        args += [f"--p-{key.replace('_', '-')}", str(value)]
+    out = tmp_path / "encoder.qza"
+    result = qiime(*args, "--o-encoder", str(out), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Training on 2 processes (cpu each)" in result.stderr
+    two = qiime2.Artifact.load(str(out))
+    assert str(two.type) == "AAMModel[Encoder]"
+    one, = aam.methods.pretrain(table=table, sequences=sequences,
+                                distance_matrix=distance_matrix, **settings)
+    assert two.view(ModelBundle).info["best_epoch"] == one.view(ModelBundle).info["best_epoch"]
+    predicted = [aam.methods.predict_distances(encoder=model, table=table, sequences=sequences,
+                                               device="cpu").distance_matrix.view(
+                                                   skbio.DistanceMatrix).data
+                 for model in (one, two)]
+    assert np.isfinite(predicted[1]).all() and predicted[1].max() > 0
+    np.testing.assert_allclose(predicted[1], predicted[0], atol=1e-3)
+
+
+def test_more_devices_than_the_batch_is_refused_before_training(aam, artifacts):
+    table, sequences, distance_matrix, _ = artifacts
+    with pytest.raises(ValueError, match=r"batch_size \(4\) is smaller than the number of "
+                                         r"processes \(5\)"):
+        aam.methods.pretrain(table=table, sequences=sequences, distance_matrix=distance_matrix,
+                             **{**FAIL_FAST, "n_devices": 5})
+
+
+def test_a_frozen_fit_on_two_devices_matches_one_device(aam, artifacts, tiny_encoder):
+    table, sequences, _, metadata = artifacts
+    settings = dict(epochs=2, batch_size=8, validation_fraction=0.25, device="cpu",
+                    random_state=0, optimizer="sgd", learning_rate=0.05, lookup_neighbours=0)
+    fits = [aam.methods.fit_regressor(table=table, sequences=sequences,
+                                      metadata=metadata.get_column("age"),
+                                      pretrained_encoder=tiny_encoder, n_devices=n,
+                                      **settings).model for n in (1, 2)]
+    predicted = [aam.methods.predict(model=model, table=table, sequences=sequences,
+                                     device="cpu").predictions.view(pd.Series)
+                 for model in fits]
+    std = fits[0].view(ModelBundle).info["target_scaling"]["std"]
+    np.testing.assert_allclose(predicted[1], predicted[0], atol=1e-3 * std)
