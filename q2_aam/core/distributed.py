@@ -19,7 +19,9 @@ sums the W ranks' identical gradients, and DDP's average brings it back to one.
 Outside an initialized process group everything here is the identity: one
 process trains exactly as before.
 """
+import inspect
 import os
+import warnings
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -141,7 +143,11 @@ def gather_rows(x, sizes):
     longest = max(sizes)
     mine = x[:sizes[rank()]]
     padded = torch.cat([mine, mine.new_zeros(longest - len(mine), *mine.shape[1:])])
-    parts = all_gather(padded)
+    with warnings.catch_warnings():
+        # Deprecated in torch 2.13 in favour of a private module; it is the public
+        # all_gather that carries gradients back to each rank.
+        warnings.simplefilter("ignore", FutureWarning)
+        parts = all_gather(padded)
     return torch.cat([part[:n] for part, n in zip(parts, sizes)])
 
 
@@ -187,16 +193,22 @@ def wrap(model, device):
     """`model` in DistributedDataParallel when a process group is active.
 
     find_unused_parameters: a fit's loss leaves the nucleotide and distance heads
-    unused, and a rank may leave a head unused in one step that others use.
-    Buffers (the fixed ASV whitening) are equal on all ranks: not broadcast.
+    unused, as does pretraining with a loss weighted 0 or no masking, and a rank
+    may leave a head unused in one step that others use (DDP then notes once per
+    rank when a run used them all). Buffers (the fixed ASV whitening) are equal
+    on all ranks: not synced at each forward.
     """
     if not active():
         return model
     from torch.nn.parallel import DistributedDataParallel
     ids = [device.index if device.index is not None else torch.cuda.current_device()] \
         if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True,
-                                   broadcast_buffers=False)
+    # torch >= 2.13 names the buffer option forward_sync_buffers (broadcast_buffers warns).
+    buffers = ({"forward_sync_buffers": False}
+               if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+               else {"broadcast_buffers": False})
+    return DistributedDataParallel(model, device_ids=ids,
+                                   find_unused_parameters=True, **buffers)
 
 
 # A rank waiting on a collective gives up after this long (a peer that hangs
