@@ -31,7 +31,7 @@ from q2_aam.core.config import ModelConfig, TrainConfig  # noqa: E402
 from q2_aam.core.data import SampleSet, split_indices  # noqa: E402
 from q2_aam.core.metrics import classification_metrics, regression_metrics  # noqa: E402
 from q2_aam.core.pretrain import pretrain  # noqa: E402
-from q2_aam.core.supervised import fit, predict  # noqa: E402
+from q2_aam.core.supervised import embed, fit, predict  # noqa: E402
 
 TASKS = {"age": "regressor", "study": "classifier"}
 CROSS_SECTIONAL_STUDY = "qiita-10317"
@@ -113,6 +113,28 @@ def aam_fit(oral_data, encoder, task, mode, train_ids, test_ids, seed, args):
     return pd.Series(predicted, index=test.sample_ids)[list(test_ids)].to_numpy()
 
 
+_EMBEDDINGS = {}
+
+
+def probe(oral_data, encoder, task, train_ids, test_ids):
+    """A linear probe: ridge (age; its penalty chosen by leave-one-out on the
+    labeled samples) or logistic regression (study; fixed C=1) on the frozen
+    encoder's standardized sample embeddings."""
+    from sklearn.linear_model import LogisticRegression, RidgeCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    if not _EMBEDDINGS:
+        data = oral_data.sample_set(oral_data.ids, encoder.model_config)
+        embeddings, _ = embed(encoder, data)
+        _EMBEDDINGS.update(zip(data.sample_ids, embeddings))
+    x_train = np.stack([_EMBEDDINGS[s] for s in train_ids])
+    x_test = np.stack([_EMBEDDINGS[s] for s in test_ids])
+    target = oral_data.metadata[task][list(train_ids)].to_numpy()
+    model = (RidgeCV(alphas=np.logspace(-3, 3, 13)) if task == "age"
+             else LogisticRegression(C=1.0, max_iter=5000))
+    return make_pipeline(StandardScaler(), model).fit(x_train, target).predict(x_test)
+
+
 def run(key, results, args, job):
     """Run `job` unless `key` is already in results (so an interrupted run resumes)."""
     if key in results["runs"]:
@@ -136,6 +158,8 @@ def cross_sectional(oral_data, encoder, results, args):
             def job(model=model):
                 if model == "forest":
                     predicted = random_forest(oral_data, "age", train_ids, test_ids, k)
+                elif model == "probe":
+                    predicted = probe(oral_data, encoder, "age", train_ids, test_ids)
                 else:
                     predicted = aam_fit(oral_data, encoder, "age", model, train_ids, test_ids,
                                         k, args)
@@ -181,7 +205,7 @@ def summarize(path):
     sizes = sorted(labels["size"].unique(), key=lambda s: (s == "all", int(s) if s != "all"
                                                            else 0))
     for size in sizes:
-        for model in ("forest", "frozen", "finetuned"):
+        for model in ("forest", "probe", "frozen", "finetuned"):
             age = labels[(labels["size"] == size) & (labels["model"] == model)
                          & (labels["task"] == "age")]
             study = labels[(labels["size"] == size) & (labels["model"] == model)
@@ -207,12 +231,15 @@ def main():
     parser.add_argument("--split-seed", type=int, default=0)
     parser.add_argument("--sizes", default="50,100,200,400,all")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--models", default="forest,frozen,finetuned")
+    parser.add_argument("--models", default="forest,frozen,finetuned",
+                        help="of forest, probe (linear probe of the frozen embeddings), "
+                             "frozen, finetuned")
     parser.add_argument("--tasks", default="age,study")
     parser.add_argument("--finetune-sizes", default="50,100,200,400,all",
                         help="label counts at which fine-tuned fits run (they are slow on a CPU)")
     parser.add_argument("--finetune-epochs", type=int, default=20)
-    parser.add_argument("--cross-sectional-models", default="forest,frozen")
+    parser.add_argument("--cross-sectional-models", default="forest,frozen",
+                        help="of forest, probe, frozen, finetuned")
     parser.add_argument("--skip-cross-sectional", action="store_true")
     parser.add_argument("--embedding-dim", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)
@@ -250,6 +277,8 @@ def main():
                     def job(model=model, task=task, subset=subset, seed=seed, true=true):
                         if model == "forest":
                             predicted = random_forest(oral_data, task, subset, test_ids, seed)
+                        elif model == "probe":
+                            predicted = probe(oral_data, encoder, task, subset, test_ids)
                         else:
                             predicted = aam_fit(oral_data, encoder, task, model, subset,
                                                 test_ids, seed, args)
