@@ -20,9 +20,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from q2_aam.core.bundle import ModelBundle  # noqa: E402
 from q2_aam.core.config import ModelConfig, TrainConfig  # noqa: E402
 from q2_aam.core.data import SampleSet, split_indices  # noqa: E402
+from q2_aam.core.metrics import classification_metrics, regression_metrics  # noqa: E402
 from q2_aam.core.pretrain import pretrain  # noqa: E402
 from q2_aam.core.simulate import simulate  # noqa: E402
-from q2_aam.core.supervised import classification_metrics, fit, predict, regression_metrics  # noqa: E402,E501
+from q2_aam.core.supervised import fit, predict  # noqa: E402
 
 MODEL = dict(embedding_dim=64, attention_heads=4, attention_layers=2, max_bp=100, asv_limit=256)
 FITS = {   # name: (task, use the encoder, freeze it, TrainConfig fields)

@@ -56,3 +56,16 @@ def load_metadata():
     frame.index = frame.index.astype(str)
     frame["age"] = frame["age"].astype(float)
     return frame
+
+
+def sample_set(table, sequences, sample_ids, model_cfg):
+    """The samples `sample_ids` of `table` as a SampleSet, read as `model_cfg` reads them."""
+    from q2_aam.core.data import SampleSet
+    subset = table.filter(list(sample_ids), axis="sample", inplace=False)
+    return SampleSet.from_biom(subset, sequences, model_cfg.max_bp, model_cfg.asv_limit)
+
+
+def distances(matrix, data):
+    """The [n, n] float32 distances of SampleSet `data`'s samples, in its order,
+    from the skbio DistanceMatrix `matrix` (what `data.distances` takes)."""
+    return matrix.filter(data.sample_ids).data.astype(np.float32)

@@ -18,7 +18,6 @@ each variant go to <out without .json>/<task>_<name>.tsv, so variants can be
 compared per sample or averaged.
 """
 import argparse
-import functools
 import json
 import os
 import sys
@@ -31,25 +30,16 @@ sys.path.insert(0, os.path.dirname(__file__))
 import oral  # noqa: E402
 from oral_supervised import regression_report  # noqa: E402
 
-from q2_aam._inputs import attach_distances, build_sample_set  # noqa: E402
 from q2_aam.core.bundle import ModelBundle  # noqa: E402
 from q2_aam.core.config import ModelConfig, TrainConfig  # noqa: E402
 from q2_aam.core.data import split_indices  # noqa: E402
-from q2_aam.core import supervised  # noqa: E402
-from q2_aam.core.supervised import classification_metrics, fit, predict  # noqa: E402
+from q2_aam.core.metrics import classification_metrics  # noqa: E402
+from q2_aam.core.supervised import fit, predict  # noqa: E402
+from q2_aam.core.transfer import WHITENING_RIDGE  # noqa: E402
 
 DEFAULTS = dict(epochs=100, batch_size=32, learning_rate=3e-4, validation_fraction=0.1,
                 random_seed=0, patience=20, nuc_mask_ratio=0.0,
                 regression_loss="l1")   # the plugin's choice for a pretrained encoder
-
-
-WHITEN = supervised.whiten_asv_embeddings
-
-
-def _identity_whitening(model, data, device):
-    """Ablation: leave the model's ASV whitening at identity (and return the raw
-    embeddings, as the real one returns the whitened ones)."""
-    return supervised.embed_all_asvs(model, data, device)
 
 
 def main():
@@ -70,12 +60,8 @@ def main():
     encoder = ModelBundle.load(args.encoder_dir)
     cfg = encoder.model_config
 
-    def sample_set(sample_ids):
-        return build_sample_set(table.filter(sample_ids, axis="sample", inplace=False),
-                                sequences, cfg.max_bp, cfg.asv_limit)
-
-    train_data = sample_set([ids[i] for i in train_idx])
-    test_data = sample_set([ids[i] for i in test_idx])
+    train_data = oral.sample_set(table, sequences, [ids[i] for i in train_idx], cfg)
+    test_data = oral.sample_set(table, sequences, [ids[i] for i in test_idx], cfg)
     study = metadata["study"].astype(str)
     target = metadata["age"] if args.task == "age" else study
     test_study = study[test_data.sample_ids].to_numpy()
@@ -89,7 +75,7 @@ def main():
         freeze = variant.pop("freeze", True)
         class_weights = variant.pop("class_weights", "none")
         whiten = variant.pop("whiten", True)
-        ridge = variant.pop("ridge", 1e-3)
+        ridge = variant.pop("ridge", WHITENING_RIDGE)
         lookup_neighbours = variant.pop("lookup_neighbours", 0)
         fit_cfg = ModelConfig.from_dict({**cfg.to_dict(), "kmer_size": variant.pop("kmer_size", 0),
                                          "dropout": variant.pop("dropout", 0.0),
@@ -97,18 +83,17 @@ def main():
         train_data.distances = None
         if variant.pop("unifrac", False):
             unifrac = oral.load_unifrac() if unifrac is None else unifrac
-            attach_distances(train_data, unifrac)
+            train_data.distances = oral.distances(unifrac, train_data)
         train_cfg = TrainConfig(**{**DEFAULTS, **variant,
                                    "unifrac_penalty": 1.0 if train_data.distances is not None
                                    else 0.0})
         start = time.perf_counter()
         extra = ({"lookup_neighbours": lookup_neighbours} if args.task == "age"
                  else {"class_weights": class_weights})
-        supervised.whiten_asv_embeddings = (functools.partial(WHITEN, ridge=ridge) if whiten
-                                            else _identity_whitening)
         bundle = fit(train_data, target[train_data.sample_ids].to_numpy(),
                      "regressor" if args.task == "age" else "classifier", fit_cfg, train_cfg,
                      encoder=encoder, freeze_encoder=freeze,
+                     whitening_ridge=ridge if whiten else None,
                      log=None if args.verbose else (lambda message: None), **extra)
         predicted, _ = predict(bundle, test_data)
         seconds = time.perf_counter() - start

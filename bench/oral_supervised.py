@@ -18,12 +18,12 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(__file__))
 import oral  # noqa: E402
 
-from q2_aam._inputs import attach_distances, build_sample_set  # noqa: E402
 from q2_aam.core.bundle import ModelBundle  # noqa: E402
 from q2_aam.core.config import ModelConfig, TrainConfig  # noqa: E402
 from q2_aam.core.data import split_indices  # noqa: E402
+from q2_aam.core.metrics import classification_metrics, regression_metrics  # noqa: E402
 from q2_aam.core.pretrain import pretrain  # noqa: E402
-from q2_aam.core.supervised import classification_metrics, fit, predict, regression_metrics  # noqa: E402,E501
+from q2_aam.core.supervised import fit, predict  # noqa: E402
 
 # Studies where repeated sampling of a few hosts makes age a look-up.
 LOOKUP_STUDIES = {"qiita-550", "qiita-2202", "qiita-11052"}
@@ -131,9 +131,7 @@ def main():
         print(task, "random forest", results[f"random_forest_{task}"], flush=True)
 
     def sample_set(sample_ids, model_cfg):
-        data = build_sample_set(table.filter(sample_ids, axis="sample", inplace=False),
-                                sequences, model_cfg.max_bp, model_cfg.asv_limit)
-        return data
+        return oral.sample_set(table, sequences, sample_ids, model_cfg)
 
     model_cfg = ModelConfig(embedding_dim=args.embedding_dim, attention_layers=args.layers)
     train_cfg = dict(batch_size=args.batch_size, learning_rate=args.learning_rate,
@@ -145,7 +143,7 @@ def main():
         results["pretrain"] = {"loaded_from": args.encoder_dir}
     else:
         data = sample_set(train_ids, model_cfg)
-        attach_distances(data, unifrac)
+        data.distances = oral.distances(unifrac, data)
         start = time.perf_counter()
         encoder = pretrain(data, model_cfg, TrainConfig(epochs=args.pretrain_epochs,
                                                         patience=args.pretrain_epochs,
@@ -173,7 +171,7 @@ def main():
             start = time.perf_counter()
             data = sample_set(train_ids, model_cfg)
             if args.fit_with_unifrac:
-                attach_distances(data, unifrac)
+                data.distances = oral.distances(unifrac, data)
             fit_cfg = {**train_cfg, "learning_rate": args.fit_learning_rate or args.learning_rate,
                        "patience": args.fit_patience, "regression_loss": (
                            ("l1" if "encoder" in kwargs else "mse")

@@ -20,7 +20,6 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, os.path.dirname(__file__))
 import oral  # noqa: E402
 
-from q2_aam._inputs import attach_distances, build_sample_set  # noqa: E402
 from q2_aam.core.config import ModelConfig, TrainConfig  # noqa: E402
 from q2_aam.core.data import batch_indices  # noqa: E402
 from q2_aam.core.losses import LossFunction  # noqa: E402
@@ -118,9 +117,9 @@ def main():
     args = parser.parse_args()
     device = resolve_device(args.device)
     model_cfg = ModelConfig(embedding_dim=args.embedding_dim, attention_layers=args.layers)
-    data = build_sample_set(oral.load_table(), oral.load_sequences(), model_cfg.max_bp,
-                            model_cfg.asv_limit)
-    attach_distances(data, oral.load_unifrac())
+    table = oral.load_table()
+    data = oral.sample_set(table, oral.load_sequences(), table.ids(axis="sample"), model_cfg)
+    data.distances = oral.distances(oral.load_unifrac(), data)
     result = {"samples": len(data), "features": len(data.feature_ids),
               "torch": torch.__version__, "threads": torch.get_num_threads(),
               "embedding_dim": args.embedding_dim, "layers": args.layers}

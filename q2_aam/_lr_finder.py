@@ -7,10 +7,10 @@ import qiime2
 import skbio
 
 from . import _figures
-from ._inputs import attach_distances, build_sample_set, log
-from ._supervised import _check_classes, _sample_set_with_targets
+from .core.inputs import (attach_distances, build_sample_set, check_classes, log,
+                          sample_set_with_targets)
 from ._parameters import PARAMETERS, configs, resolve_seed, takes_parameters
-from ._visualizers import _render
+from ._visualizers import render
 
 # The parameters that set the model and the run; the others steer the sweep.
 ACTION_PARAMETERS = [name for name in PARAMETERS
@@ -43,23 +43,8 @@ def find_learning_rate(output_dir: str, table: biom.Table, sequences: pd.Series,
         preset, {k: v for k, v in parameters.items()
                  if k in ACTION_PARAMETERS and (preset == "fit" or k != "kmer_size")},
         random_seed=resolve_seed(parameters["random_state"]))
-    if metadata is None:
-        task, targets = "encoder", None
-        data = build_sample_set(table, sequences, model_cfg.max_bp, model_cfg.asv_limit,
-                                min_samples=2)
-        losses = "the UniFrac and masked-nucleotide losses of pretrain"
-    else:
-        task = "regressor" if isinstance(metadata, qiime2.NumericMetadataColumn) else "classifier"
-        data, targets = _sample_set_with_targets(table, sequences, metadata,
-                                                 parameters["missing_samples"],
-                                                 model_cfg.max_bp, model_cfg.asv_limit)
-        if task == "classifier":
-            _check_classes(targets, validation_fraction=0.0)
-        losses = (f"the {'regression' if task == 'regressor' else 'classification'} loss of "
-                  f"'{metadata.name}'" + (", with the UniFrac loss" if distance_matrix is not None
-                                          else ""))
-    if distance_matrix is not None:
-        attach_distances(data, distance_matrix)
+    task, data, targets, losses = _range_test_inputs(table, sequences, distance_matrix,
+                                                     metadata, model_cfg, parameters)
     log(f"Range test of {losses} on {len(data)} samples.")
     result = lr_range_test(data, targets, task, model_cfg, train_cfg, min_learning_rate,
                            max_learning_rate, steps, log=log)
@@ -70,7 +55,7 @@ def find_learning_rate(output_dir: str, table: biom.Table, sequences: pd.Series,
                                  result.suggested_learning_rate,
                                  result.lowest_loss_learning_rate)
     suggested = f"{result.suggested_learning_rate:.2g}"
-    _render("find_learning_rate", output_dir, task=task, action=ACTIONS[task], losses=losses,
+    render("find_learning_rate", output_dir, task=task, action=ACTIONS[task], losses=losses,
             optimizer=optimizer, suggested=suggested,
             lowest=f"{result.lowest_loss_learning_rate:.2g}",
             command=f"--p-optimizer {optimizer} --p-learning-rate {suggested}",
@@ -78,6 +63,29 @@ def find_learning_rate(output_dir: str, table: biom.Table, sequences: pd.Series,
             n_samples=len(data), batch_size=batch_size, steps_run=len(curve), steps=steps,
             min_learning_rate=f"{min_learning_rate:g}", max_learning_rate=f"{max_learning_rate:g}",
             diverged=result.diverged)
+
+
+def _range_test_inputs(table, sequences, distance_matrix, metadata, model_cfg, parameters):
+    """(task, SampleSet, targets, what the losses are) of the range test: the
+    encoder's without metadata, else the regressor's or classifier's."""
+    if metadata is None:
+        task, targets = "encoder", None
+        data = build_sample_set(table, sequences, model_cfg.max_bp, model_cfg.asv_limit,
+                                min_samples=2)
+        losses = "the UniFrac and masked-nucleotide losses of pretrain"
+    else:
+        task = "regressor" if isinstance(metadata, qiime2.NumericMetadataColumn) else "classifier"
+        data, targets = sample_set_with_targets(table, sequences, metadata,
+                                                parameters["missing_samples"],
+                                                model_cfg.max_bp, model_cfg.asv_limit)
+        if task == "classifier":
+            check_classes(targets, validation_fraction=0.0)
+        losses = (f"the {'regression' if task == 'regressor' else 'classification'} loss of "
+                  f"'{metadata.name}'" + (", with the UniFrac loss" if distance_matrix is not None
+                                          else ""))
+    if distance_matrix is not None:
+        attach_distances(data, distance_matrix)
+    return task, data, targets, losses
 
 
 def _curve_notes(result, max_learning_rate, skipped):

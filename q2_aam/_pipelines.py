@@ -9,10 +9,10 @@ def _split(ctx, table, metadata, test_size, random_seed, missing_samples, strati
            validation_fraction=0.0):
     """Seeded train/test split of the table's samples that have a metadata value."""
     from .core.data import split_indices
-    from ._supervised import _targets
+    from .core.inputs import sample_targets
 
     biom_table = table.view(biom.Table)
-    ids, values = _targets(list(biom_table.ids(axis="sample")), metadata, missing_samples)
+    ids, values = sample_targets(list(biom_table.ids(axis="sample")), metadata, missing_samples)
     strata = None
     if stratify:
         classes, strata = np.unique(np.asarray(values, dtype=str), return_inverse=True)

@@ -6,43 +6,10 @@ import qiime2
 import skbio
 
 from .core.bundle import ModelBundle
-from ._inputs import _few, attach_unifrac, build_sample_set, log, notice
+from .core.inputs import (attach_unifrac, build_sample_set, check_classes, check_split_size,
+                          log, notice, sample_set_with_targets)
 from ._parameters import configs, live_tensorboard_dir, resolve_seed, takes_parameters
-from ._pretrain import check_split_size
 
-
-def _targets(data_ids, column, missing_samples):
-    """Align a metadata column to the table's samples; returns (kept ids, values)."""
-    series = column.to_series()
-    absent = [s for s in data_ids if s not in series.index]
-    if absent and missing_samples == "error":
-        raise ValueError(
-            f"{len(absent)} sample(s) of the table are missing from the metadata: "
-            f"{_few(absent)}. Add them to the metadata, filter the table, or use "
-            "missing_samples='ignore'.")
-    series = series.reindex([s for s in data_ids if s in series.index])
-    n_missing_values = int(series.isna().sum())
-    if n_missing_values:
-        notice(f"Dropping {n_missing_values} sample(s) with no value in '{column.name}': "
-            f"{_few(series.index[series.isna()])}.")
-    if absent:
-        notice(f"Ignoring {len(absent)} table sample(s) absent from the metadata.")
-    series = series.dropna()
-    if series.empty:
-        raise ValueError(f"None of the table's {len(data_ids)} samples has a value in "
-                         f"'{column.name}'. Check that the table and the metadata describe the "
-                         "same samples (their sample IDs must match).")
-    return list(series.index), series.to_numpy()
-
-
-def _sample_set_with_targets(table, sequences, metadata, missing_samples, max_bp, asv_limit):
-    """The table's samples that have a value in `metadata` as a SampleSet, and their
-    values in its sample order (samples without counts are dropped from both)."""
-    ids, values = _targets(list(table.ids(axis="sample")), metadata, missing_samples)
-    table = table.filter(ids, axis="sample", inplace=False)
-    data = build_sample_set(table, sequences, max_bp, asv_limit)
-    position = {sample_id: i for i, sample_id in enumerate(ids)}
-    return data, values[[position[s] for s in data.sample_ids]]
 
 
 def _fit(task, table, sequences, metadata, pretrained_encoder, distance_matrix, phylogeny,
@@ -65,30 +32,19 @@ def _fit(task, table, sequences, metadata, pretrained_encoder, distance_matrix, 
         architecture = pretrained_encoder.model_config
     else:
         fit_keywords["freeze_encoder"] = False     # nothing pretrained to freeze
-    data, values = _sample_set_with_targets(table, sequences, metadata,
-                                            parameters["missing_samples"],
-                                            architecture.max_bp, architecture.asv_limit)
+    data, values = sample_set_with_targets(table, sequences, metadata,
+                                           parameters["missing_samples"],
+                                           architecture.max_bp, architecture.asv_limit)
     if task == "classifier":
-        _check_classes(values, train_cfg.validation_fraction)
+        check_classes(values, train_cfg.validation_fraction)
     check_split_size(len(data), train_cfg.batch_size, train_cfg.validation_fraction)
     attach_unifrac(data, distance_matrix, phylogeny, parameters["unifrac_metric"],
                    required=False)
     log(f"Fitting a {task} of '{metadata.name}' on {len(data)} samples.")
-    return fit(data, values, task, model_cfg, train_cfg, encoder=pretrained_encoder,
-               log=log, **fit_keywords)
-
-
-def _check_classes(labels, validation_fraction):
-    classes, counts = np.unique(np.asarray(labels, dtype=str), return_counts=True)
-    if len(classes) < 2:
-        raise ValueError(f"Only one class ({classes[0] if len(classes) else 'none'}) is present; "
-                         "a classifier needs at least two.")
-    # Stratified validation takes at least one sample of each class and must leave one.
-    if validation_fraction > 0 and counts.min() < 2:
-        small = classes[counts < 2]
-        raise ValueError(
-            f"Class(es) {_few(small)} have a single sample, too few for the stratified "
-            "validation split. Remove or merge them, or set validation_fraction to 0.")
+    # One device: fit runs here; more: in worker processes (see _pretrain.pretrain).
+    from .core.distributed import train_distributed
+    return train_distributed(fit, parameters["n_devices"], data, values, task, model_cfg,
+                             train_cfg, encoder=pretrained_encoder, log=log, **fit_keywords)
 
 
 @takes_parameters("fit_regressor")
@@ -118,10 +74,14 @@ def _sample_set(model, table, sequences):
 @takes_parameters("predict")
 def predict(model: ModelBundle, table: biom.Table, sequences: pd.Series,
             **parameters) -> pd.Series:
-    from .core.supervised import predict as core_predict
-    from ._inputs import refuse_non_finite
+    from .core.inference import model_predictions
+    from .core.lookup import load_lookup
+    from .core.inputs import refuse_non_finite
     data = _sample_set(model, table, sequences)
-    predictions, probabilities = core_predict(model, data, device=parameters["device"], log=log)
+    predictions, probabilities = model_predictions(model, data, device=parameters["device"])
+    lookup = load_lookup(model)       # a regressor's optional neighbour look-up
+    if lookup is not None:
+        predictions = lookup.apply(data, predictions, log)
     # A classifier's labels come from its probabilities: NaN ones would still give a label.
     refuse_non_finite(predictions if probabilities is None else probabilities,
                       "predictions" if probabilities is None else "class probabilities",
@@ -134,12 +94,12 @@ def predict(model: ModelBundle, table: biom.Table, sequences: pd.Series,
 @takes_parameters("predict_probabilities")
 def predict_probabilities(model: ModelBundle, table: biom.Table, sequences: pd.Series,
                           **parameters) -> pd.DataFrame:
-    from .core.supervised import predict as core_predict
+    from .core.inference import model_predictions
     if model.task != "classifier":
         raise ValueError("Class probabilities need an AAMModel[Classifier].")
-    from ._inputs import refuse_non_finite
+    from .core.inputs import refuse_non_finite
     data = _sample_set(model, table, sequences)
-    _, probabilities = core_predict(model, data, device=parameters["device"])
+    _, probabilities = model_predictions(model, data, device=parameters["device"])
     refuse_non_finite(probabilities, "class probabilities", data.sample_ids, model)
     return pd.DataFrame(probabilities, index=pd.Index(data.sample_ids, name="SampleID"),
                         columns=model.info["classes"])
@@ -148,8 +108,8 @@ def predict_probabilities(model: ModelBundle, table: biom.Table, sequences: pd.S
 @takes_parameters("embed")
 def embed(model: ModelBundle, table: biom.Table, sequences: pd.Series,
           **parameters) -> skbio.OrdinationResults:
-    from .core.supervised import embed as core_embed
-    from ._inputs import refuse_non_finite
+    from .core.inference import embed as core_embed
+    from .core.inputs import refuse_non_finite
     data = _sample_set(model, table, sequences)
     embeddings, _ = core_embed(model, data, device=parameters["device"])
     refuse_non_finite(embeddings, "sample embeddings", data.sample_ids, model)
@@ -175,8 +135,8 @@ def predict_distances(encoder: ModelBundle, table: biom.Table, sequences: pd.Ser
                       **parameters) -> skbio.DistanceMatrix:
     import torch
     from .core.model import predicted_distance
-    from .core.supervised import embed as core_embed
-    from ._inputs import refuse_non_finite
+    from .core.inference import embed as core_embed
+    from .core.inputs import refuse_non_finite
     data = _sample_set(encoder, table, sequences)
     _, distance_embeddings = core_embed(encoder, data, device=parameters["device"])
     distances = predicted_distance(torch.from_numpy(distance_embeddings)).numpy().astype(np.float64)

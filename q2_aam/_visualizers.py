@@ -49,7 +49,7 @@ def scatterplot(output_dir: str, predictions: pd.Series,
                          "predicted": predicted.to_numpy()})
     section = fit_section(output_dir, rows, "scatter", x_label=f"True {truth.name}",
                           y_label=f"Predicted {truth.name}", what="samples")
-    _render("scatterplot", output_dir, column=truth.name, notes=_present(note),
+    render("scatterplot", output_dir, column=truth.name, notes=_present(note),
             section=section)
 
 
@@ -62,7 +62,7 @@ def confusion_matrix(output_dir: str, predictions: pd.Series,
                                            parameters["missing_samples"])
     section, roc_notes = classification_section(output_dir, true.astype(str), predicted,
                                                 probabilities, f"column '{truth.name}'")
-    _render("confusion_matrix", output_dir, column=truth.name,
+    render("confusion_matrix", output_dir, column=truth.name,
             notes=_present(note, *roc_notes), section=section)
 
 
@@ -79,7 +79,7 @@ def summarize(output_dir: str, model: ModelBundle) -> None:
     best_tables = [(f"At epoch {epoch}" if len(members) == 1 else
                     f"Member {k + 1}, at epoch {epoch}", _best_row(part, epoch))
                    for k, (part, epoch) in enumerate(zip(members, best_epochs))]
-    _render("summarize", output_dir, task=model.task, notes=notes, section=section,
+    render("summarize", output_dir, task=model.task, notes=notes, section=section,
             trained=_training_sentence([len(part) for part in members], best_epochs),
             best_tables=best_tables,
             model_rows=flat_items(model.model_config.to_dict()),
@@ -336,7 +336,7 @@ def _section(template, **context):
     return Markup(environment.get_template(template).render(**context))
 
 
-def _render(visualizer, output_dir, **context):
+def render(visualizer, output_dir, **context):
     import q2templates
     shutil.copy(os.path.join(ASSETS, "shared", "aam.css"), output_dir)
     q2templates.render(os.path.join(ASSETS, visualizer, "index.html"), output_dir,

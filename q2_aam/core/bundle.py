@@ -443,7 +443,7 @@ def check_answers(bundle):
     (embeddings, prediction, class probabilities, neighbour look-up) is finite.
     ValueError otherwise."""
     from .data import SampleSet
-    from .supervised import embed, predict
+    from .inference import embed, predict
     cfg = bundle.model_config
     sequences = {"probe_a": "ACGT" * 40, "probe_b": "TTGCA" * 32}
     data = SampleSet(np.array([[5.0, 2.0]]), ["probe"], list(sequences), sequences,

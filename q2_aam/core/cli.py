@@ -283,7 +283,7 @@ def read_sample_set(args, model_cfg, train_cfg):
     """The SampleSet of the inputs, with its UniFrac targets, and the targets of a
     fit; checked as the QIIME 2 actions check theirs (the same functions)."""
     # Plain numpy and scipy, no QIIME 2: the actions' own input checks.
-    from q2_aam._inputs import (build_sample_set, check_classes, check_split_size,
+    from .inputs import (build_sample_set, check_classes, check_split_size,
                                 sample_set_with_targets)
     table, sequences = read_table(args.table), read_fasta(args.sequences)
     targets = None

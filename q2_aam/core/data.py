@@ -4,6 +4,7 @@ Sequences are tokenized once per run. A batch encodes each distinct ASV
 sequence once, however many of its samples hold it, and pads samples only to
 the largest sample in the batch.
 """
+import copy
 from dataclasses import dataclass, fields
 from typing import Optional
 
@@ -11,7 +12,6 @@ import numpy as np
 import scipy.sparse
 import torch
 
-from .lookup import sequence_digests
 from .tokenizer import MASK, NUCLEOTIDES, PAD, tokenize
 from .unifrac import DenseDistances
 
@@ -61,9 +61,8 @@ class SampleSet:
         self.counts = counts                # [n, n_features], all features of each sample
         self.sample_ids = list(sample_ids)
         self.feature_ids = list(feature_ids)
-        dna = [sequences[f] for f in self.feature_ids]
-        self.tokens, self.n_truncated = tokenize(dna, max_bp)
-        self.sequence_digests = sequence_digests(dna)      # for the neighbour look-up
+        self.sequences = [sequences[f] for f in self.feature_ids]   # whole, untruncated DNA
+        self.tokens, self.n_truncated = tokenize(self.sequences, max_bp)
         self.asv_ids, self.log_abundance = [], []
         self.n_capped = 0
         for row in range(counts.shape[0]):
@@ -79,6 +78,42 @@ class SampleSet:
         self.faith_pd = None        # [n] float32
         self.targets = None         # [n] float32 or int64
         self.asv_embedding_table = None   # [n_features, D] torch, frozen encoder
+
+    @classmethod
+    def from_biom(cls, table, sequences, max_bp, asv_limit):
+        """A feature table as a SampleSet. `table` is a biom.Table, or any object
+        with its `matrix_data` (features x samples, scipy.sparse) and
+        `ids(axis='sample' | 'observation')`; `sequences` maps feature IDs to DNA.
+
+        Features without counts are left out. Samples without counts (they have
+        nothing to read) and features without a sequence are refused.
+        """
+        features = scipy.sparse.csr_matrix(table.matrix_data)     # features x samples
+        sample_ids = list(table.ids(axis="sample"))
+        kept = np.asarray(features.sum(1)).ravel() > 0
+        feature_ids = [f for f, keep in zip(table.ids(axis="observation"), kept) if keep]
+        counts = features[np.flatnonzero(kept)].T.tocsr()
+        empty = np.asarray((counts > 0).sum(1)).ravel() == 0
+        if empty.any():
+            raise ValueError(f"{int(empty.sum())} sample(s) have no counts (e.g. "
+                             f"{sample_ids[np.flatnonzero(empty)[0]]!r}); leave them out of the "
+                             "table first.")
+        missing = [f for f in feature_ids if f not in sequences]
+        if missing:
+            raise ValueError(f"{len(missing)} feature(s) with counts have no sequence (e.g. "
+                             f"{missing[0]!r}); give the sequences of every feature.")
+        return cls(counts, sample_ids, feature_ids, sequences, max_bp, asv_limit)
+
+    def replace(self, **attributes):
+        """A shallow copy with `attributes` (say targets, asv_embedding_table or
+        distances) replaced: what one run adds to a set stays out of the caller's."""
+        unknown = sorted(name for name in attributes if not hasattr(self, name))
+        if unknown:
+            raise AttributeError(f"SampleSet has no attribute(s) {unknown}.")
+        changed = copy.copy(self)
+        for name, value in attributes.items():
+            setattr(changed, name, value)
+        return changed
 
     def __len__(self):
         return len(self.sample_ids)

@@ -26,6 +26,7 @@ from .data import batch_indices
 from .losses import LossFunction, resolve_regression_loss
 from .model import AAMModel
 from .optim import make_optimizer
+from .targets import TargetCodec
 from .train import autocast, deterministic_kernels, resolve_device
 
 SMOOTHING = 0.95            # EMA weight of the past: a window of ~20 steps
@@ -62,26 +63,51 @@ def suggest_learning_rate(learning_rates, smoothed_losses, min_lr, max_lr, skip)
     return float(np.clip(lowest / SUGGESTION_DIVISOR, min_lr, max_lr)), lowest
 
 
-def encode_targets(targets, task):
-    """(targets as the model learns them, n_outputs): class codes for a classifier,
-    z-scores for a regressor."""
-    if task == "classifier":
-        classes, codes = np.unique(np.asarray(targets, dtype=str), return_inverse=True)
-        return codes.astype(np.int64), len(classes)
-    values = np.asarray(targets, dtype=np.float64)
-    return ((values - values.mean()) / (values.std() or 1.0)).astype(np.float32), 1
-
-
 def lr_range_test(data, targets, task, model_cfg: ModelConfig, train_cfg: TrainConfig,
                   min_lr=1e-6, max_lr=1.0, steps=200, log=None):
-    """Run the range test on all samples of `data` with the loss of `task`.
+    """Run the range test on all samples of `data` (left as it was) with the loss of `task`.
 
     'encoder': UniFrac (data.distances) and masked nucleotides, `targets` None;
-    'regressor' (float targets) and 'classifier' (labels): the target loss, plus
-    UniFrac when data.distances is set (data.targets is set, as `fit` does). The architecture comes from model_cfg; the
+    'regressor' (float targets) and 'classifier' (labels): the target loss,
+    targets encoded as a fit encodes them (targets.TargetCodec), plus UniFrac
+    when data.distances is set. The architecture comes from model_cfg; the
     optimizer, batch size, weight decay, gradient clipping, masking and loss
     weights from train_cfg (its learning rate and schedule are not used).
     """
+    check_sweep(data, task, min_lr, max_lr, steps)
+    log = log or (lambda message: print(message, file=sys.stderr))
+    # A throwaway model from scratch: 'auto' resolves as a fit from scratch does.
+    train_cfg = replace(train_cfg, regression_loss=resolve_regression_loss(
+        train_cfg.regression_loss, pretrained=False))
+    codec = None
+    if task != "encoder":
+        codec = TargetCodec.from_targets(task, targets,
+                                         binned=train_cfg.regression_loss == "binned")
+        data = data.replace(targets=codec.encode(targets))
+    model_cfg = ModelConfig.from_dict({**model_cfg.to_dict(), "task": task, "faith_pd": False,
+                                       "n_outputs": 0 if codec is None else codec.n_outputs})
+    device = resolve_device(train_cfg.device)
+    torch.manual_seed(train_cfg.random_seed)
+    model = AAMModel(model_cfg).to(device).train()
+    loss_fn = LossFunction.for_run(task, train_cfg,
+                                   bin_centers=None if codec is None else codec.scaled_bins())
+    log(f"Range test on {device}: {steps} {train_cfg.optimizer} steps of one batch of "
+        f"{train_cfg.batch_size} from learning rate {min_lr:g} to {max_lr:g}.")
+    rows, diverged = sweep(model, loss_fn, data, train_cfg, device,
+                           sweep_learning_rates(min_lr, max_lr, steps))
+    if not rows:
+        raise ValueError(f"The loss was not finite even at the first learning rate "
+                         f"({min_lr:g}). Check the inputs for extreme values.")
+    curve = pd.DataFrame(rows)
+    suggested, lowest = suggest_learning_rate(curve["learning_rate"].to_numpy(),
+                                              curve["smoothed_loss"].to_numpy(), min_lr, max_lr,
+                                              steps_skipped(steps))
+    log(f"Lowest smoothed loss at learning rate {lowest:.3g} after {len(curve)} steps"
+        f"{' (the loss diverged beyond it)' if diverged else ''}; suggested: {suggested:.3g}.")
+    return RangeTest(curve, suggested, lowest, diverged)
+
+
+def check_sweep(data, task, min_lr, max_lr, steps):
     if not 0 < min_lr < max_lr:
         raise ValueError(f"The sweep needs 0 < min_lr < max_lr; got min_lr={min_lr}, "
                          f"max_lr={max_lr}.")
@@ -91,45 +117,25 @@ def lr_range_test(data, targets, task, model_cfg: ModelConfig, train_cfg: TrainC
         raise ValueError(f"The range test needs at least 2 samples; got {len(data)}.")
     if task == "encoder" and data.distances is None:
         raise ValueError("The encoder's range test needs a distance matrix.")
-    n_outputs = 0
-    if task != "encoder":
-        data.targets, n_outputs = encode_targets(targets, task)
-    model_cfg = ModelConfig.from_dict({**model_cfg.to_dict(), "task": task,
-                                       "n_outputs": n_outputs, "faith_pd": False})
-    log = log or (lambda message: print(message, file=sys.stderr))
-    device = resolve_device(train_cfg.device)
-    rng = np.random.default_rng(train_cfg.random_seed)
-    torch.manual_seed(train_cfg.random_seed)
-    model = AAMModel(model_cfg).to(device).train()
-    optimizer = make_optimizer(model, train_cfg)
-    # A throwaway model from scratch: 'auto' resolves as a fit from scratch does.
-    train_cfg = replace(train_cfg, regression_loss=resolve_regression_loss(
-        train_cfg.regression_loss, pretrained=False))
-    loss_fn = LossFunction.for_run(task, train_cfg)
-    log(f"Range test on {device}: {steps} {train_cfg.optimizer} steps of one batch of "
-        f"{train_cfg.batch_size} from learning rate {min_lr:g} to {max_lr:g}.")
 
-    rows, average, best, diverged = [], 0.0, np.inf, False
-    skip = steps_skipped(steps)
-    batches = []
+
+def sweep(model, loss_fn, data, train_cfg, device, learning_rates):
+    """One optimizer step per learning rate, each on a batch of a fresh shuffle
+    of all samples once the last is used up; returns (one row per step:
+    step, learning_rate, loss, smoothed_loss; whether it stopped on divergence)."""
+    rng = np.random.default_rng(train_cfg.random_seed)
+    optimizer = make_optimizer(model, train_cfg)
+    rows, average, best, batches = [], 0.0, np.inf, []
+    skip = steps_skipped(len(learning_rates))
     # Deterministic on CUDA too, as train() is: the same seed, the same suggestion.
     with deterministic_kernels(device):
-        for step, lr in enumerate(sweep_learning_rates(min_lr, max_lr, steps)):
-            if not batches:        # a fresh shuffle of all samples each pass
+        for step, lr in enumerate(learning_rates):
+            if not batches:
                 batches = batch_indices(np.arange(len(data)), train_cfg.batch_size, rng)
             batch = data.collate(batches.pop(0), train_cfg.nuc_mask_ratio, rng).to(device)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            with autocast(device):
-                loss = loss_fn(model(batch), batch)["loss"]
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.max_grad_norm)
-            optimizer.step()
-            value = loss.item()     # a host sync per step: the stop rule needs the value
+            value = train_step(model, optimizer, loss_fn, batch, lr, train_cfg, device)
             if not np.isfinite(value):
-                diverged = True
-                break
+                return rows, True
             average = SMOOTHING * average + (1 - SMOOTHING) * value
             smoothed = average / (1 - SMOOTHING ** (step + 1))
             rows.append({"step": step + 1, "learning_rate": lr, "loss": value,
@@ -137,15 +143,18 @@ def lr_range_test(data, targets, task, model_cfg: ModelConfig, train_cfg: TrainC
             if step >= skip:
                 best = min(best, smoothed)
             if smoothed > DIVERGENCE_FACTOR * best:
-                diverged = True
-                break
-    if not rows:
-        raise ValueError(f"The loss was not finite even at the first learning rate "
-                         f"({min_lr:g}). Check the inputs for extreme values.")
-    curve = pd.DataFrame(rows)
-    suggested, lowest = suggest_learning_rate(curve["learning_rate"].to_numpy(),
-                                              curve["smoothed_loss"].to_numpy(), min_lr, max_lr,
-                                              skip)
-    log(f"Lowest smoothed loss at learning rate {lowest:.3g} after {len(curve)} steps"
-        f"{' (the loss diverged beyond it)' if diverged else ''}; suggested: {suggested:.3g}.")
-    return RangeTest(curve, suggested, lowest, diverged)
+                return rows, True
+    return rows, False
+
+
+def train_step(model, optimizer, loss_fn, batch, lr, train_cfg, device):
+    """One optimizer step at learning rate `lr`; returns the batch's loss."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    with autocast(device):
+        loss = loss_fn(model(batch), batch)["loss"]
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.max_grad_norm)
+    optimizer.step()
+    return loss.item()     # a host sync per step: the stop rule needs the value

@@ -159,7 +159,7 @@ class AAMModel(nn.Module):
         self.target_head = (nn.Sequential(nn.LayerNorm(d), nn.Linear(d, cfg.n_outputs))
                             if cfg.task != "encoder" else None)
         # A fixed affine map of ASV embeddings, identity unless a fit on a
-        # pretrained encoder sets it (supervised.whiten_asv_embeddings).
+        # pretrained encoder sets it (transfer.whiten_asv_embeddings).
         self.register_buffer("asv_center", torch.zeros(d))
         self.register_buffer("asv_whitening", torch.eye(d))
         self.apply(_init_weights)

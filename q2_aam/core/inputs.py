@@ -1,4 +1,8 @@
-"""Turn QIIME 2 views into the core's SampleSet, refusing bad input clearly."""
+"""Input preparation: a feature table, sequences, a metadata column and UniFrac
+(a distance matrix or a tree) into the core's SampleSet, refusing bad input
+clearly. Used by the QIIME 2 actions and by the torchrun command line (cli.py);
+imports no QIIME 2 (views are duck-typed: biom.Table, a metadata column with
+to_series() and name)."""
 import os
 import sys
 
@@ -47,8 +51,9 @@ def _few(ids, n=5):
 
 
 def build_sample_set(table, sequences, max_bp, asv_limit, min_samples=1):
-    """biom.Table + pd.Series of DNA -> SampleSet (samples without counts dropped)."""
-    from .core.data import SampleSet   # imports torch: only when an action runs
+    """biom.Table + pd.Series of DNA -> SampleSet (samples without counts
+    dropped, with a notice), refusing what the core cannot read with advice."""
+    from .data import SampleSet   # imports torch: only when an action runs
     if table.is_empty() or table.shape[0] == 0 or table.shape[1] == 0:
         raise ValueError("The feature table is empty: it has no samples or no features.")
     check_counts(table)
@@ -62,23 +67,87 @@ def build_sample_set(table, sequences, max_bp, asv_limit, min_samples=1):
             f"Only {table.shape[1]} sample(s) with non-zero counts remain; at least "
             f"{min_samples} are needed. Check the table (e.g. `qiime feature-table summarize`).")
     table = table.remove_empty(axis="observation", inplace=False)
-    feature_ids = list(table.ids(axis="observation"))
-    seq_lookup = {str(k): str(v) for k, v in sequences.items()}
-    missing = [f for f in feature_ids if f not in seq_lookup]
+    dna = {str(k): str(v) for k, v in sequences.items()}
+    missing = [f for f in table.ids(axis="observation") if f not in dna]
     if missing:
         raise ValueError(
             f"{len(missing)} feature(s) in the table have no sequence in the sequences "
             f"input: {_few(missing)}. Provide the FeatureData[Sequence] that matches the table "
             "(e.g. the representative sequences from the same DADA2/deblur run), or filter the "
             "table with `qiime feature-table filter-features`.")
-    counts = table.matrix_data.T.tocsr()      # samples x features
-    data = SampleSet(counts, table.ids(axis="sample"), feature_ids, seq_lookup, max_bp, asv_limit)
+    data = SampleSet.from_biom(table, dna, max_bp, asv_limit)
     if data.n_truncated:
         notice(f"{data.n_truncated} sequence(s) longer than max_bp={max_bp} were truncated.")
     if data.n_capped:
         notice(f"{data.n_capped} sample(s) hold more than asv_limit={asv_limit} features; "
             "their most abundant features were kept.")
     return data
+
+
+def sample_targets(sample_ids, column, missing_samples):
+    """Align a metadata column to the table's `sample_ids`; returns (kept ids, values)."""
+    series = column.to_series()
+    absent = [s for s in sample_ids if s not in series.index]
+    if absent and missing_samples == "error":
+        raise ValueError(
+            f"{len(absent)} sample(s) of the table are missing from the metadata: "
+            f"{_few(absent)}. Add them to the metadata, filter the table, or use "
+            "missing_samples='ignore'.")
+    series = series.reindex([s for s in sample_ids if s in series.index])
+    n_missing_values = int(series.isna().sum())
+    if n_missing_values:
+        notice(f"Dropping {n_missing_values} sample(s) with no value in '{column.name}': "
+            f"{_few(series.index[series.isna()])}.")
+    if absent:
+        notice(f"Ignoring {len(absent)} table sample(s) absent from the metadata.")
+    series = series.dropna()
+    if series.empty:
+        raise ValueError(f"None of the table's {len(sample_ids)} samples has a value in "
+                         f"'{column.name}'. Check that the table and the metadata describe the "
+                         "same samples (their sample IDs must match).")
+    return list(series.index), series.to_numpy()
+
+
+def sample_set_with_targets(table, sequences, metadata, missing_samples, max_bp, asv_limit):
+    """The table's samples that have a value in `metadata` as a SampleSet, and their
+    values in its sample order (samples without counts are dropped from both)."""
+    ids, values = sample_targets(list(table.ids(axis="sample")), metadata, missing_samples)
+    table = table.filter(ids, axis="sample", inplace=False)
+    data = build_sample_set(table, sequences, max_bp, asv_limit)
+    position = {sample_id: i for i, sample_id in enumerate(ids)}
+    return data, values[[position[s] for s in data.sample_ids]]
+
+
+def check_classes(labels, validation_fraction):
+    """At least two classes, and with validation every class at least twice."""
+    classes, counts = np.unique(np.asarray(labels, dtype=str), return_counts=True)
+    if len(classes) < 2:
+        raise ValueError(f"Only one class ({classes[0] if len(classes) else 'none'}) is present; "
+                         "a classifier needs at least two.")
+    # Stratified validation takes at least one sample of each class and must leave one.
+    if validation_fraction > 0 and counts.min() < 2:
+        small = classes[counts < 2]
+        raise ValueError(
+            f"Class(es) {_few(small)} have a single sample, too few for the stratified "
+            "validation split. Remove or merge them, or set validation_fraction to 0.")
+
+
+def check_split_size(n_samples, batch_size, validation_fraction):
+    """Enough samples for training (2) and, with validation, for validation (2)."""
+    n_val = int(round(validation_fraction * n_samples))
+    n_train = n_samples - n_val
+    if validation_fraction == 0 and n_train < 2:
+        raise ValueError(
+            f"{n_samples} sample(s) are too few: training needs at least 2 samples. Use more "
+            "samples (only samples with counts, and in a fit only those with a value in the "
+            "metadata column, are used).")
+    if n_train < 2 or (validation_fraction > 0 and n_val < 2):
+        # Without validation, 2 samples suffice; with fewer, only more samples help.
+        alternative = " or set validation_fraction to 0" if n_samples >= 2 else ""
+        raise ValueError(
+            f"{n_samples} samples are too few for validation_fraction={validation_fraction}: "
+            f"training needs at least 2 samples ({n_train} left) and validation at least 2 "
+            f"({n_val}). Use more samples{alternative}.")
 
 
 def check_counts(table):
@@ -155,7 +224,7 @@ def attach_unifrac(data, distance_matrix, phylogeny, metric, required):
     if distance_matrix is not None:
         attach_distances(data, distance_matrix)
     elif phylogeny is not None:
-        from .core.unifrac import TreeDistances, tree_from_treenode
+        from .unifrac import TreeDistances, tree_from_treenode
         data.distances = TreeDistances(tree_from_treenode(phylogeny), data.feature_ids,
                                        data.counts, metric)
     elif required:
