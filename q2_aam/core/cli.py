@@ -32,6 +32,7 @@ from datetime import timedelta
 
 from .config import (OPTIMIZERS, REGRESSION_LOSS_CHOICES, SCHEDULERS, ModelConfig,
                      TrainConfig)
+from .inputs import few_ids
 from .unifrac import METRICS
 
 COMMANDS = {"pretrain": "encoder", "fit-regressor": "regressor",
@@ -211,7 +212,7 @@ def read_distances(path, sample_ids):
     missing = [s for s in sample_ids if s not in frame.index]
     if missing:
         raise ValueError(f"--distances lacks {len(missing)} sample(s) of the table: "
-                         f"{_few(missing)}. Compute it from the same table, or filter the "
+                         f"{few_ids(missing)}. Compute it from the same table, or filter the "
                          "table to its samples.")
     try:
         values = frame.loc[sample_ids, sample_ids].to_numpy(dtype=np.float64)
@@ -255,21 +256,21 @@ def read_metadata_column(path, column, task):
     frame.index = frame.iloc[:, 0].str.strip()
     if column not in frame.columns[1:]:
         raise ValueError(f"--metadata has no column {column!r}; its columns: "
-                         f"{_few(list(frame.columns[1:]))}.")
+                         f"{few_ids(list(frame.columns[1:]))}.")
     series = frame[column].str.strip()
     series = series.where(series != "")               # an empty cell: no value
     if task == "regressor":
         numbers = pd.to_numeric(series, errors="coerce")
         bad = series[numbers.isna() & series.notna()]
         if len(bad):
-            raise ValueError(f"Column {column!r} is not numeric: {_few(bad.tolist())}. A "
+            raise ValueError(f"Column {column!r} is not numeric: {few_ids(bad.tolist())}. A "
                              "regressor needs numbers; fit-classifier takes categories.")
         series = numbers
     return series.rename(column)
 
 
 class MetadataColumn:
-    """What the actions' target alignment (_inputs.sample_targets) reads of a
+    """What the actions' target alignment (inputs.sample_targets) reads of a
     QIIME 2 MetadataColumn."""
 
     def __init__(self, series):
@@ -284,7 +285,7 @@ def read_sample_set(args, model_cfg, train_cfg):
     fit; checked as the QIIME 2 actions check theirs (the same functions)."""
     # Plain numpy and scipy, no QIIME 2: the actions' own input checks.
     from .inputs import (build_sample_set, check_classes, check_split_size,
-                                sample_set_with_targets)
+                         sample_set_with_targets)
     table, sequences = read_table(args.table), read_fasta(args.sequences)
     targets = None
     if args.command == "pretrain":
@@ -309,11 +310,6 @@ def read_sample_set(args, model_cfg, train_cfg):
 def _check_file(path, option):
     if not os.path.isfile(path):
         raise ValueError(f"{option} {path}: no such file.")
-
-
-def _few(names, n=5):
-    shown = ", ".join(map(str, names[:n]))
-    return shown + (f", ... ({len(names) - n} more)" if len(names) > n else "")
 
 
 # --- the process group and the output -----------------------------------------------------

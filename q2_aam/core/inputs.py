@@ -44,7 +44,8 @@ def _stderr_redirected():
     return (now.st_dev, now.st_ino) != (then.st_dev, then.st_ino)
 
 
-def _few(ids, n=5):
+def few_ids(ids, n=5):
+    """The first `n` of `ids` for a message, and how many more there are."""
     ids = list(ids)
     shown = ", ".join(map(str, ids[:n]))
     return shown + (f", ... ({len(ids) - n} more)" if len(ids) > n else "")
@@ -60,7 +61,7 @@ def build_sample_set(table, sequences, max_bp, asv_limit, min_samples=1):
     totals = table.sum(axis="sample")
     if (totals == 0).any():
         empty = table.ids(axis="sample")[totals == 0]
-        notice(f"Dropping {len(empty)} sample(s) with zero counts: {_few(empty)}.")
+        notice(f"Dropping {len(empty)} sample(s) with zero counts: {few_ids(empty)}.")
         table = table.filter(empty, axis="sample", invert=True, inplace=False)
     if table.shape[1] < min_samples:
         raise ValueError(
@@ -72,7 +73,7 @@ def build_sample_set(table, sequences, max_bp, asv_limit, min_samples=1):
     if missing:
         raise ValueError(
             f"{len(missing)} feature(s) in the table have no sequence in the sequences "
-            f"input: {_few(missing)}. Provide the FeatureData[Sequence] that matches the table "
+            f"input: {few_ids(missing)}. Provide the FeatureData[Sequence] that matches the table "
             "(e.g. the representative sequences from the same DADA2/deblur run), or filter the "
             "table with `qiime feature-table filter-features`.")
     data = SampleSet.from_biom(table, dna, max_bp, asv_limit)
@@ -91,13 +92,13 @@ def sample_targets(sample_ids, column, missing_samples):
     if absent and missing_samples == "error":
         raise ValueError(
             f"{len(absent)} sample(s) of the table are missing from the metadata: "
-            f"{_few(absent)}. Add them to the metadata, filter the table, or use "
+            f"{few_ids(absent)}. Add them to the metadata, filter the table, or use "
             "missing_samples='ignore'.")
     series = series.reindex([s for s in sample_ids if s in series.index])
     n_missing_values = int(series.isna().sum())
     if n_missing_values:
         notice(f"Dropping {n_missing_values} sample(s) with no value in '{column.name}': "
-            f"{_few(series.index[series.isna()])}.")
+            f"{few_ids(series.index[series.isna()])}.")
     if absent:
         notice(f"Ignoring {len(absent)} table sample(s) absent from the metadata.")
     series = series.dropna()
@@ -128,7 +129,7 @@ def check_classes(labels, validation_fraction):
     if validation_fraction > 0 and counts.min() < 2:
         small = classes[counts < 2]
         raise ValueError(
-            f"Class(es) {_few(small)} have a single sample, too few for the stratified "
+            f"Class(es) {few_ids(small)} have a single sample, too few for the stratified "
             "validation split. Remove or merge them, or set validation_fraction to 0.")
 
 
@@ -165,8 +166,8 @@ def check_counts(table):
                f"in sample {table.ids(axis='sample')[counts.col[first]]}")
     raise ValueError(
         f"The feature table holds {int(bad.sum())} count(s) that are negative, infinite or "
-        f"missing (NaN), e.g. {example}: in {len(samples)} sample(s) ({_few(samples)}) and "
-        f"{len(features)} feature(s) ({_few(features)}). Counts must be finite and at least 0; "
+        f"missing (NaN), e.g. {example}: in {len(samples)} sample(s) ({few_ids(samples)}) and "
+        f"{len(features)} feature(s) ({few_ids(features)}). Counts must be finite and at least 0; "
         "correct the table, or remove those samples or features (`qiime feature-table "
         "filter-samples` / `filter-features`).")
 
@@ -180,7 +181,7 @@ def refuse_non_finite(values, what, sample_ids, model):
         return
     raise ValueError(
         f"The model gave non-finite (NaN or infinite) {what} for {int(bad.sum())} of "
-        f"{len(sample_ids)} sample(s) ({_few(np.asarray(sample_ids, dtype=object)[bad])}); "
+        f"{len(sample_ids)} sample(s) ({few_ids(np.asarray(sample_ids, dtype=object)[bad])}); "
         f"nothing was written. {_weights_diagnosis(model.state_dict)} Re-fit the model (a fit "
         "that diverged may need a lower learning_rate), or use another one; `qiime tools "
         "validate --level max` checks a model artifact.")
@@ -204,7 +205,7 @@ def attach_distances(data, distance_matrix):
     missing = [s for s in data.sample_ids if s not in dm_ids]
     if missing:
         raise ValueError(
-            f"The distance matrix lacks {len(missing)} sample(s) of the table: {_few(missing)}. "
+            f"The distance matrix lacks {len(missing)} sample(s) of the table: {few_ids(missing)}. "
             "Compute the distance matrix from the same table, or filter the table to its samples.")
     sub = distance_matrix.filter(data.sample_ids).data
     if not np.isfinite(sub).all() or sub.min() < 0 or sub.max() > 1:
@@ -238,7 +239,7 @@ def attach_alpha(data, series, name="faith_pd"):
     missing = [s for s in data.sample_ids if s not in series.index]
     if missing:
         raise ValueError(f"The {name} input lacks {len(missing)} sample(s) of the table: "
-                         f"{_few(missing)}.")
+                         f"{few_ids(missing)}.")
     values = series.reindex(data.sample_ids).to_numpy(dtype=np.float64)
     if not np.isfinite(values).all():
         raise ValueError(f"The {name} input has missing or non-finite values.")

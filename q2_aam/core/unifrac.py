@@ -31,6 +31,8 @@ import numpy as np
 import scipy.sparse
 from scipy.spatial.distance import pdist, squareform
 
+from .inputs import few_ids
+
 METRICS = ("unweighted", "weighted_normalized")
 
 # Work arrays stay below these sizes whatever the number of samples: dense
@@ -133,12 +135,6 @@ def _describe_nodes(nodes, positions, n=3) -> str:
     return ", ".join(shown)
 
 
-def _few(names, n=5) -> str:
-    names = list(names)
-    shown = ", ".join(map(str, names[:n]))
-    return shown + (f", ... ({len(names) - n} more)" if len(names) > n else "")
-
-
 # --- checks and the ancestor matrix ---------------------------------------------------
 
 
@@ -160,11 +156,11 @@ def check_tree(tree: Tree) -> None:
     if len(bad):
         raise ValueError(
             f"{len(bad)} branch length(s) of the tree are negative or not finite "
-            f"({_few(length[bad], 3)}). UniFrac needs lengths >= 0; rebuild or re-root the tree "
+            f"({few_ids(length[bad], 3)}). UniFrac needs lengths >= 0; rebuild or re-root the tree "
             "(negative lengths can come from some rooting or tree-building tools).")
     if len(set(tree.tip_names)) != tree.n_tips:
         repeated = [name for name, n in Counter(tree.tip_names).items() if n > 1]
-        raise ValueError(f"Tip names must be unique to match features; repeated: {_few(repeated)}.")
+        raise ValueError(f"Tip names must be unique to match features; repeated: {few_ids(repeated)}.")
 
 
 def ancestor_pairs(tree: Tree, tips: np.ndarray):
@@ -350,14 +346,14 @@ def match_tips(tree: Tree, feature_ids) -> np.ndarray:
     if missing and len(missing) == len(feature_ids):
         raise ValueError(
             f"None of the table's {len(feature_ids)} feature IDs is a tip of the tree: its tips "
-            f"({_few(tree.tip_names, 3)}) are not the table's feature IDs "
-            f"({_few(feature_ids, 3)}). Tips are matched by feature ID, so the tree must be built "
+            f"({few_ids(tree.tip_names, 3)}) are not the table's feature IDs "
+            f"({few_ids(feature_ids, 3)}). Tips are matched by feature ID, so the tree must be built "
             "from the same representative sequences with the same IDs (hashed or sequence IDs "
             "on both), e.g. `qiime phylogeny align-to-tree-mafft-fasttree`.")
     if missing:
         raise ValueError(
             f"{len(missing)} of the table's {len(feature_ids)} features are not tips of the tree: "
-            f"{_few(missing)}. Build the tree from the same representative sequences as the table "
+            f"{few_ids(missing)}. Build the tree from the same representative sequences as the table "
             "(e.g. `qiime phylogeny align-to-tree-mafft-fasttree`), or filter the table to the "
             "tree's features (`qiime phylogeny filter-table`).")
     return np.array([tip_of[f] for f in feature_ids], dtype=np.int64)
