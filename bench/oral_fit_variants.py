@@ -10,7 +10,9 @@ class_weights (classifier), whiten (default true; false is an ablation that
 leaves the ASV whitening at identity), ridge (the whitening's ridge, default
 1e-3), ensemble_size (default 1), lookup_neighbours (default 0: off; the
 plugin's default is 3), kmer_size (the fit's k-mer embeddings, default 0 here:
-the plugin's default is 6) and dropout (default 0). asv_dropout, a TrainConfig field, also
+the plugin's default is 6), dropout (default 0) and covariates (a list of
+metadata columns, e.g. ["study"], given to the fit and to predict as
+covariates; default none). asv_dropout, a TrainConfig field, also
 defaults to 0 here (the plugin's fits default to 0.5), so the earlier commands
 in BENCHMARKS.md keep their meaning. Every fit starts from the pretrained
 encoder in --encoder-dir (oral_supervised.py writes it). Test predictions of
@@ -77,6 +79,7 @@ def main():
         whiten = variant.pop("whiten", True)
         ridge = variant.pop("ridge", WHITENING_RIDGE)
         lookup_neighbours = variant.pop("lookup_neighbours", 0)
+        covariates = covariate_frame(metadata, variant.pop("covariates", []))
         fit_cfg = ModelConfig.from_dict({**cfg.to_dict(), "kmer_size": variant.pop("kmer_size", 0),
                                          "dropout": variant.pop("dropout", 0.0),
                                          "ensemble_size": variant.pop("ensemble_size", 1)})
@@ -94,8 +97,9 @@ def main():
                      "regressor" if args.task == "age" else "classifier", fit_cfg, train_cfg,
                      encoder=encoder, freeze_encoder=freeze,
                      whitening_ridge=ridge if whiten else None,
-                     log=None if args.verbose else (lambda message: None), **extra)
-        predicted, _ = predict(bundle, test_data)
+                     log=None if args.verbose else (lambda message: None),
+                     covariates=covariates, **extra)
+        predicted, _ = predict(bundle, test_data, covariates=covariates)
         seconds = time.perf_counter() - start
         truth = target[test_data.sample_ids].to_numpy()
         if args.task == "age":
@@ -111,6 +115,7 @@ def main():
         bests = pd.DataFrame([part.loc[part["epoch"] == epoch].iloc[0]
                               for part, epoch in zip(members, best_epochs)])
         report.update(name=name, split_seed=args.seed, variant=variant,
+                      covariates=[] if covariates is None else list(covariates.columns),
                       kmer_size=fit_cfg.kmer_size, ensemble_size=fit_cfg.ensemble_size,
                       freeze=freeze, whiten=whiten, ridge=ridge,
                       neighbour_lookup=bundle.info.get("neighbour_lookup"),
@@ -127,6 +132,17 @@ def main():
         results.append(report)
         with open(args.out, "w") as fh:
             json.dump(results, fh, indent=2)
+
+
+def covariate_frame(metadata, columns):
+    """The metadata `columns` as covariates (text columns categorical), or None."""
+    if not columns:
+        return None
+    frame = metadata[list(columns)].copy()
+    for name in frame.columns:
+        if not pd.api.types.is_numeric_dtype(frame[name]):
+            frame[name] = frame[name].astype(str)
+    return frame
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ TINY_ARCHITECTURE = ("embedding_dim", "attention_heads", "attention_layers")
 MODEL_TARGETS = {"regressor": "age", "classifier": "site"}
 MODEL_TYPES = {"encoder": "AAMModel[Encoder]", "regressor": "AAMModel[Regressor]",
                "classifier": "AAMModel[Classifier]"}
+# The look-up example's hosts are each sampled this often (copies of one sample).
+SAMPLES_PER_HOST = 3
 
 
 @functools.lru_cache(maxsize=None)
@@ -66,24 +68,20 @@ def metadata_factory():
 
 
 @functools.lru_cache(maxsize=None)
-def trained_model(task):
+def trained_model(task, regression_loss="mse"):
     """An AAMModel artifact of `task` ('encoder', 'regressor' or 'classifier'),
     trained for TINY_MODEL's two epochs on the example data with the core API
-    (no QIIME 2 action runs); cached, so each process trains each task once."""
+    (no QIIME 2 action runs); a regressor with `regression_loss`. Cached, so
+    each process trains each kind once."""
     import qiime2
-    from .core.config import ModelConfig, TrainConfig
-    from .core.data import SampleSet
     from .core.pretrain import pretrain
     from .core.supervised import fit
 
     if task not in MODEL_TYPES:
         raise ValueError(f"task must be one of {sorted(MODEL_TYPES)}, not {task!r}.")
     sim = simulated()
-    model_cfg = ModelConfig(task=task, **{k: TINY_MODEL[k] for k in TINY_ARCHITECTURE})
-    train_cfg = TrainConfig(device="cpu", **{k: v for k, v in TINY_MODEL.items()
-                                             if k not in TINY_ARCHITECTURE})
-    data = SampleSet(sim.counts.to_numpy(), sim.counts.index, sim.counts.columns,
-                     sim.sequences, model_cfg.max_bp, model_cfg.asv_limit)
+    model_cfg, train_cfg = _tiny_configs(task, regression_loss=regression_loss)
+    data = _sample_set(sim.counts, sim.sequences, model_cfg)
     if task == "encoder":
         data.distances = sim.unifrac.loc[data.sample_ids, data.sample_ids].to_numpy("float32")
         bundle = pretrain(data, model_cfg, train_cfg, log=_discard)
@@ -91,6 +89,50 @@ def trained_model(task):
         targets = sim.metadata[MODEL_TARGETS[task]].loc[data.sample_ids].to_numpy()
         bundle = fit(data, targets, task, model_cfg, train_cfg, log=_discard)
     return qiime2.Artifact.import_data(MODEL_TYPES[task], bundle)
+
+
+@functools.lru_cache(maxsize=None)
+def lookup_regressor():
+    """A tiny AAMModel[Regressor] of age whose neighbour look-up is on: fitted
+    on the example data with every host sampled SAMPLES_PER_HOST times, so the
+    look-up (which finds a host's other samples) beats the model on the
+    validation split and the model stores its fitted samples' ASV sets and ages."""
+    import qiime2
+    from .core.supervised import fit
+
+    counts, ages = repeated_hosts()
+    model_cfg, train_cfg = _tiny_configs("regressor")
+    bundle = fit(_sample_set(counts, simulated().sequences, model_cfg), ages.to_numpy(),
+                 "regressor", model_cfg, train_cfg, lookup_neighbours=SAMPLES_PER_HOST - 1,
+                 log=_discard)
+    if bundle.lookup is None:
+        raise RuntimeError("The look-up example's regressor kept no look-up; its data no "
+                           "longer make the look-up win on the validation split.")
+    return qiime2.Artifact.import_data(MODEL_TYPES["regressor"], bundle)
+
+
+def repeated_hosts():
+    """The example data with every host sampled SAMPLES_PER_HOST times (copies
+    named '<sample>.1', '<sample>.2', ...): (counts DataFrame, ages Series)."""
+    import pandas as pd
+    sim = simulated()
+    copies = [lambda sample, k=k: f"{sample}.{k + 1}" for k in range(SAMPLES_PER_HOST)]
+    return (pd.concat([sim.counts.rename(index=name) for name in copies]),
+            pd.concat([sim.metadata["age"].rename(index=name) for name in copies]))
+
+
+def _tiny_configs(task, **training):
+    from .core.config import ModelConfig, TrainConfig
+    model_cfg = ModelConfig(task=task, **{k: TINY_MODEL[k] for k in TINY_ARCHITECTURE})
+    train_cfg = TrainConfig(device="cpu", **{k: v for k, v in TINY_MODEL.items()
+                                             if k not in TINY_ARCHITECTURE}, **training)
+    return model_cfg, train_cfg
+
+
+def _sample_set(counts, sequences, model_cfg):
+    from .core.data import SampleSet
+    return SampleSet(counts.to_numpy(), counts.index, counts.columns, sequences,
+                     model_cfg.max_bp, model_cfg.asv_limit)
 
 
 def _discard(message):
@@ -107,6 +149,14 @@ def regressor_factory():
 
 def classifier_factory():
     return trained_model("classifier")
+
+
+def quantile_regressor_factory():
+    return trained_model("regressor", "quantile")
+
+
+def lookup_regressor_factory():
+    return lookup_regressor()
 
 
 def _inputs(use):
@@ -155,6 +205,21 @@ def predict_example(use):
     use.action(use.UsageAction(plugin_id="aam", action_id="predict"),
                use.UsageInputs(model=model, table=table, sequences=sequences),
                use.UsageOutputNames(predictions="predictions"))
+
+
+def predict_intervals_example(use):
+    model = use.init_artifact("quantile_regressor", quantile_regressor_factory)
+    table, sequences = _inputs(use)
+    use.action(use.UsageAction(plugin_id="aam", action_id="predict_intervals"),
+               use.UsageInputs(model=model, table=table, sequences=sequences, level=0.8),
+               use.UsageOutputNames(intervals="intervals"))
+
+
+def strip_lookup_example(use):
+    model = use.init_artifact("lookup_regressor", lookup_regressor_factory)
+    use.action(use.UsageAction(plugin_id="aam", action_id="strip_lookup"),
+               use.UsageInputs(model=model),
+               use.UsageOutputNames(stripped_model="stripped_regressor"))
 
 
 def predict_probabilities_example(use):

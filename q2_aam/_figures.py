@@ -38,16 +38,24 @@ def plain(text, max_length=None):
     return text.replace("$", r"\$")
 
 
-def scatter(output_dir, stem, true, predicted, line, x_label, y_label):
+def scatter(output_dir, stem, true, predicted, line, x_label, y_label, intervals=None):
     """Predicted against true with the least-squares `line` (slope, intercept, or None)
-    and the dashed 1:1 line."""
+    and the dashed 1:1 line; with `intervals` (lower, upper, legend label), each
+    sample's interval as a vertical bar at its true value (NaN bounds: no bar)."""
     true, predicted = np.asarray(true, dtype=float), np.asarray(predicted, dtype=float)
     figure = new_figure(6, 6)
     axes = figure.add_subplot()
+    extent = [true, predicted]
+    if intervals is not None:
+        lower, upper, label = intervals
+        drawn = np.isfinite(lower) & np.isfinite(upper)
+        axes.vlines(true[drawn], lower[drawn], upper[drawn], color=TRAIN_COLOR, alpha=0.45,
+                    linewidth=1, label=label, rasterized=len(true) > MAX_VECTOR_POINTS)
+        extent += [lower[drawn], upper[drawn]]
     axes.scatter(true, predicted, s=20 if len(true) < 2000 else 4, alpha=0.7,
                  color=TRAIN_COLOR, edgecolors="none", label="samples",
                  rasterized=len(true) > MAX_VECTOR_POINTS)
-    low, high = _common_range(true, predicted)
+    low, high = _common_range(*(values for values in extent if len(values)))
     axes.plot([low, high], [low, high], linestyle="--", color=BEST_COLOR, label="1:1")
     if line is not None:
         slope, intercept = line

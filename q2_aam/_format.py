@@ -1,4 +1,4 @@
-"""The AAMModel directory format.
+"""The AAMModel directory format, and the prediction intervals' TSV.
 
 Level 'min' checks each file on its own, cheaply (config.json's structure, the
 safetensors headers, the tables' shape). Level 'max' (`qiime tools import`,
@@ -9,6 +9,7 @@ ValidationError naming the file, never with another exception.
 """
 import csv
 import io
+import math
 
 import qiime2.plugin.model as model
 from qiime2.plugin import ValidationError
@@ -81,3 +82,58 @@ class AAMModelDirectoryFormat(model.DirectoryFormat):
             check_answers(ModelBundle.load(str(self.path)))
         except ValueError as err:
             raise ValidationError(str(err)) from err
+
+
+# The prediction intervals' columns after the sample ID, in this order.
+INTERVAL_COLUMNS = ("prediction", "lower", "upper", "level")
+
+
+class AAMPredictionIntervalsFormat(model.TextFileFormat):
+    """A tab-separated table, one row per sample: sample ID, prediction, lower and
+    upper bound, and the interval's level (a probability in (0, 1)). Level 'min'
+    checks the first rows, 'max' every row."""
+
+    def _validate_(self, level):
+        from qiime2.metadata.base import is_id_header
+        rows_checked = {"min": 10, "max": None}[level]
+        with self.path.open("rb") as fh:
+            try:
+                text = fh.read().decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ValidationError(f"The intervals are not UTF-8 text: {err}.") from err
+        lines = text.splitlines()
+        header = lines[0].split("\t") if lines else []
+        if len(header) != 5 or not is_id_header(header[0]) or \
+                tuple(header[1:]) != INTERVAL_COLUMNS:
+            raise ValidationError(f"The intervals' header must be a sample ID column (e.g. "
+                                  f"'sample-id') and then {', '.join(INTERVAL_COLUMNS)}, "
+                                  f"tab-separated; it is {lines[0][:200] if lines else ''!r}.")
+        body = lines[1:] if rows_checked is None else lines[1:1 + rows_checked]
+        if not body:
+            raise ValidationError("The intervals hold no sample: at least one row must follow "
+                                  "the header.")
+        for number, line in enumerate(body, start=2):
+            _check_interval_row(line.split("\t"), number)
+
+
+def _check_interval_row(cells, number):
+    if len(cells) != 5 or not cells[0].strip():
+        raise ValidationError(f"Line {number} of the intervals must hold a sample ID and 4 "
+                              f"numbers; it holds {cells!r}.")
+    try:
+        prediction, lower, upper, level = (float(c) for c in cells[1:])
+    except ValueError as err:
+        raise ValidationError(f"Line {number} of the intervals holds a value that is not a "
+                              f"number: {err}.") from err
+    if not all(map(math.isfinite, (prediction, lower, upper))):
+        raise ValidationError(f"Line {number}: prediction and bounds must be finite numbers.")
+    if not lower <= prediction <= upper:
+        raise ValidationError(f"Line {number}: the bounds must hold the prediction (lower <= "
+                              f"prediction <= upper); got {lower} <= {prediction} <= {upper}.")
+    if not 0 < level < 1:
+        raise ValidationError(f"Line {number}: the level must be a probability strictly "
+                              f"between 0 and 1; got {level}.")
+
+
+AAMPredictionIntervalsDirectoryFormat = model.SingleFileDirectoryFormat(
+    "AAMPredictionIntervalsDirectoryFormat", "intervals.tsv", AAMPredictionIntervalsFormat)

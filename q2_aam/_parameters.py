@@ -15,7 +15,8 @@ import os
 import sys
 from dataclasses import dataclass
 
-from qiime2.plugin import Bool, Choices, Float, Int, Range, Str
+import qiime2
+from qiime2.plugin import Bool, Choices, Float, Int, Metadata, Range, Str
 
 from .core.unifrac import METRICS as UNIFRAC_METRICS
 from .core.config import (MAX_KMER_SIZE, OPTIMIZERS, REGRESSION_LOSS_CHOICES, SCHEDULERS,
@@ -129,11 +130,15 @@ PARAMETERS = {
     "regression_loss": _train(Str % Choices(list(REGRESSION_LOSS_CHOICES)),
                               "Loss on the standardized target: 'l1' (absolute error, fits "
                               "the conditional median), 'huber' (squared within one standard "
-                              "deviation, absolute beyond), 'mse' (squared error) or 'binned' "
+                              "deviation, absolute beyond), 'mse' (squared error), 'binned' "
                               "(the model predicts a distribution over quantile bins of the "
                               "training targets, learned by cross-entropy, and answers with its "
-                              "median). 'auto' takes 'l1' with a pretrained_encoder and 'mse' "
-                              "without one."),
+                              "median) or 'quantile' (the model predicts the 0.025, 0.05, 0.1, "
+                              "0.25, 0.5, 0.75, 0.9, 0.95 and 0.975 quantiles of the target, "
+                              "each learned by its pinball loss, and answers with the median). "
+                              "'binned' and 'quantile' regressors also give prediction "
+                              "intervals (`qiime aam predict-intervals`). 'auto' takes 'l1' "
+                              "with a pretrained_encoder and 'mse' without one."),
     "device": _train(Str % Choices(["auto", "cpu", "cuda"]),
                      "'auto' uses a CUDA GPU when torch sees one (bf16 autocast), else the CPU "
                      "(float32)."),
@@ -160,7 +165,9 @@ PARAMETERS = {
                                    "model there (so it needs validation_fraction > 0). The "
                                    "model then stores its fitted samples' ASV sets and "
                                    "targets, and predicting those samples themselves mostly "
-                                   "returns their own targets. 0: off.", "fit", 3),
+                                   "returns their own targets; anyone given the model can read "
+                                   "them (`qiime aam strip-lookup` removes them). 0: off, and "
+                                   "the model stores no sample's ASVs or target.", "fit", 3),
     "class_weights": Parameter(Str % Choices(["none", "balanced"]),
                                "'balanced' weighs each class inversely to its frequency in the "
                                "training split.", "fit", "none"),
@@ -170,6 +177,22 @@ PARAMETERS = {
                                 "'unweighted' (presence) or 'weighted_normalized' "
                                 "(abundance-weighted), as q2-diversity defines them. Used "
                                 "only with phylogeny.", "action", "unweighted"),
+    "covariates": Parameter(Metadata,
+                            "Optional sample metadata that conditions the model. A fit uses "
+                            "every column, so give only the covariates (e.g. study, sex, body "
+                            "site), never the column to predict. Each category of a "
+                            "categorical column gets a learned vector, and numeric columns are "
+                            "standardized with the training split's mean and standard "
+                            "deviation and mapped linearly; both are added to the sample "
+                            "embedding before the model's head. A model fitted with "
+                            "covariates needs the same columns (others are ignored), for "
+                            "every sample, to predict or embed. A missing value is an error. "
+                            "A category never seen in "
+                            "training is read as the column's 'unknown' category, which "
+                            "training learns by reading each training sample's category as "
+                            f"unknown {TrainConfig().covariate_unknown_rate:.0%} of the time "
+                            "(seeded); prediction reports how many "
+                            "samples had unseen categories.", "action", None),
     "missing_samples": Parameter(Str % Choices(["error", "ignore"]),
                                  "'error' if samples are missing from the metadata; 'ignore' "
                                  "to use only the samples that have metadata.", "action",
@@ -200,6 +223,12 @@ PARAMETERS = {
     "max_learning_rate": Parameter(Float % Range(0, None, inclusive_start=False),
                                    "The learning rate of the last step; the sweep stops "
                                    "earlier if the loss diverges.", "action", 1.0),
+    "level": Parameter(Float % Range(0, 1, inclusive_start=False, inclusive_end=False),
+                       "Probability that the interval holds the true value: the bounds are "
+                       "the (1 - level) / 2 and (1 + level) / 2 quantiles of the predicted "
+                       "distribution, calibrated on the fit's validation samples. A "
+                       "'quantile' regressor reaches at most 0.95 (the quantiles it predicts "
+                       "span 0.025 to 0.975).", "action", 0.9),
     "steps": Parameter(Int % Range(10, None),
                        "Optimizer steps (one batch each) of the sweep; the learning rate grows "
                        "by the same factor at each.", "action", 200),
@@ -211,9 +240,11 @@ TRAINING = ("batch_size", "epochs", "learning_rate", "weight_decay", "optimizer"
             "gradient_accumulation_steps", "nuc_mask_ratio", "nuc_penalty", "unifrac_penalty",
             "zero_distance_weight", "unifrac_metric", "device", "random_state", "n_jobs",
             "n_devices")
-FIT = ("freeze_encoder", "missing_samples", "kmer_size", "asv_dropout", "ensemble_size",
+FIT = ("covariates", "freeze_encoder", "missing_samples", "kmer_size", "asv_dropout", "ensemble_size",
        *ARCHITECTURE, *TRAINING)
 APPLY = ("device", "n_jobs")
+# Applying a supervised model: with the covariates it was fitted with, if any.
+APPLY_SUPERVISED = ("covariates", *APPLY)
 
 # Each action's parameters (in signature order) and the preset its defaults come from.
 ACTIONS = {
@@ -222,9 +253,10 @@ ACTIONS = {
     "fit_classifier": ("fit", (*FIT, "class_weights")),
     "regress_samples": ("fit", ("test_size", *FIT, "regression_loss", "lookup_neighbours")),
     "classify_samples": ("fit", ("test_size", *FIT, "class_weights")),
-    "predict": ("fit", APPLY),
-    "predict_probabilities": ("fit", APPLY),
-    "embed": ("fit", APPLY),
+    "predict": ("fit", APPLY_SUPERVISED),
+    "predict_probabilities": ("fit", APPLY_SUPERVISED),
+    "predict_intervals": ("fit", ("level", *APPLY_SUPERVISED)),
+    "embed": ("fit", APPLY_SUPERVISED),
     "predict_distances": ("fit", APPLY),
     "find_learning_rate": ("fit", ("missing_samples", *ARCHITECTURE, "kmer_size", "batch_size",
                                    "optimizer", "weight_decay", "min_learning_rate",
@@ -336,7 +368,8 @@ def _function_with_signature(body, signature, call):
 def _annotation(name, value):
     qiime_type = PARAMETERS[name].qiime_type
     base = qiime_type.name if hasattr(qiime_type, "name") else ""
-    return {"Int": int, "Float": float, "Str": str, "Bool": bool}.get(
+    return {"Int": int, "Float": float, "Str": str, "Bool": bool,
+            "Metadata": qiime2.Metadata}.get(
         base, type(value) if value is not None else inspect.Parameter.empty)
 
 

@@ -6,13 +6,19 @@ from ._parameters import resolve_seed, takes_parameters
 
 
 def _split(ctx, table, metadata, test_size, random_seed, missing_samples, stratify,
-           validation_fraction=0.0):
-    """Seeded train/test split of the table's samples that have a metadata value."""
+           validation_fraction=0.0, covariates=None):
+    """Seeded train/test split of the table's samples that have a metadata value
+    (and, with covariates, a row in them)."""
     from .core.data import split_indices
     from .core.inputs import sample_targets
 
     biom_table = table.view(biom.Table)
-    ids, values = sample_targets(list(biom_table.ids(axis="sample")), metadata, missing_samples)
+    sample_ids = list(biom_table.ids(axis="sample"))
+    if covariates is not None:
+        from .core.covariates import samples_with_covariates
+        sample_ids = samples_with_covariates(sample_ids, covariates.to_dataframe(),
+                                             missing_samples)
+    ids, values = sample_targets(sample_ids, metadata, missing_samples)
     strata = None
     if stratify:
         classes, strata = np.unique(np.asarray(values, dtype=str), return_inverse=True)
@@ -45,13 +51,15 @@ def _fit_training_part(ctx, fit_action, table, sequences, metadata, parameters, 
     stratify = fit_action == "fit_classifier"
     train_table, test_table = _split(ctx, table, metadata, parameters["test_size"], seed,
                                      parameters["missing_samples"], stratify=stratify,
-                                     validation_fraction=parameters["validation_fraction"])
+                                     validation_fraction=parameters["validation_fraction"],
+                                     covariates=parameters["covariates"])
     fit_parameters = {k: v for k, v in parameters.items() if k != "test_size"}
     model, = ctx.get_action("aam", fit_action)(
         table=train_table, sequences=sequences, metadata=metadata, **inputs,
         **{**fit_parameters, "random_state": seed, "missing_samples": "ignore"})
     apply = dict(model=model, table=test_table, sequences=sequences,
-                 device=parameters["device"], n_jobs=parameters["n_jobs"])
+                 covariates=parameters["covariates"], device=parameters["device"],
+                 n_jobs=parameters["n_jobs"])
     return model, apply
 
 

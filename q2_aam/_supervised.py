@@ -32,6 +32,13 @@ def _fit(task, table, sequences, metadata, pretrained_encoder, distance_matrix, 
         architecture = pretrained_encoder.model_config
     else:
         fit_keywords["freeze_encoder"] = False     # nothing pretrained to freeze
+    covariates = _covariate_frame(parameters["covariates"])
+    if covariates is not None:
+        from .core.covariates import refuse_target_column, samples_with_covariates
+        refuse_target_column(covariates, metadata.name)
+        table = table.filter(samples_with_covariates(
+            list(table.ids(axis="sample")), covariates, parameters["missing_samples"]),
+            axis="sample", inplace=False)
     data, values = sample_set_with_targets(table, sequences, metadata,
                                            parameters["missing_samples"],
                                            architecture.max_bp, architecture.asv_limit)
@@ -44,7 +51,14 @@ def _fit(task, table, sequences, metadata, pretrained_encoder, distance_matrix, 
     # One device: fit runs here; more: in worker processes (see _pretrain.pretrain).
     from .core.distributed import train_distributed
     return train_distributed(fit, parameters["n_devices"], data, values, task, model_cfg,
-                             train_cfg, encoder=pretrained_encoder, log=log, **fit_keywords)
+                             train_cfg, encoder=pretrained_encoder, log=log,
+                             covariates=covariates, **fit_keywords)
+
+
+def _covariate_frame(covariates):
+    """qiime2.Metadata -> DataFrame (numeric columns as numbers, categorical as
+    strings), or None."""
+    return None if covariates is None else covariates.to_dataframe()
 
 
 @takes_parameters("fit_regressor")
@@ -66,9 +80,13 @@ def fit_classifier(table: biom.Table, sequences: pd.Series,
                 phylogeny, parameters)
 
 
-def _sample_set(model, table, sequences):
+def _sample_set(model, table, sequences, covariates=None):
+    """The table as the model reads it, carrying the model's covariates (a
+    qiime2.Metadata; a model fitted with covariates needs them)."""
+    from .core.covariates import with_covariates
     cfg = model.model_config
-    return build_sample_set(table, sequences, cfg.max_bp, cfg.asv_limit)
+    data = build_sample_set(table, sequences, cfg.max_bp, cfg.asv_limit)
+    return with_covariates(model, data, _covariate_frame(covariates))
 
 
 @takes_parameters("predict")
@@ -77,7 +95,7 @@ def predict(model: ModelBundle, table: biom.Table, sequences: pd.Series,
     from .core.inference import model_predictions
     from .core.lookup import load_lookup
     from .core.inputs import refuse_non_finite
-    data = _sample_set(model, table, sequences)
+    data = _sample_set(model, table, sequences, parameters["covariates"])
     predictions, probabilities = model_predictions(model, data, device=parameters["device"])
     lookup = load_lookup(model)       # a regressor's optional neighbour look-up
     if lookup is not None:
@@ -98,7 +116,7 @@ def predict_probabilities(model: ModelBundle, table: biom.Table, sequences: pd.S
     if model.task != "classifier":
         raise ValueError("Class probabilities need an AAMModel[Classifier].")
     from .core.inputs import refuse_non_finite
-    data = _sample_set(model, table, sequences)
+    data = _sample_set(model, table, sequences, parameters["covariates"])
     _, probabilities = model_predictions(model, data, device=parameters["device"])
     refuse_non_finite(probabilities, "class probabilities", data.sample_ids, model)
     return pd.DataFrame(probabilities, index=pd.Index(data.sample_ids, name="SampleID"),
@@ -110,7 +128,7 @@ def embed(model: ModelBundle, table: biom.Table, sequences: pd.Series,
           **parameters) -> skbio.OrdinationResults:
     from .core.inference import embed as core_embed
     from .core.inputs import refuse_non_finite
-    data = _sample_set(model, table, sequences)
+    data = _sample_set(model, table, sequences, parameters["covariates"])
     embeddings, _ = core_embed(model, data, device=parameters["device"])
     refuse_non_finite(embeddings, "sample embeddings", data.sample_ids, model)
     return ordination(embeddings.astype(np.float64), data.sample_ids)

@@ -9,6 +9,9 @@ from ._examples import (TINY_MODEL, distance_matrix_factory, encoder_factory,
                         metadata_factory, sequences_factory, simulated, table_factory)
 
 WRONG_LABEL_EVERY = 4   # every fourth sample gets the next site's label
+PREDICTION_NOISE_SD = 5.0     # the made-up age predictions' error
+# The made-up intervals: 80% of a normal error of that spread, so that they are calibrated.
+INTERVAL_LEVEL, INTERVAL_Z = 0.8, 1.2816
 # A range test of the tiny model: a short sweep, enough to draw the curve.
 TINY_RANGE_TEST = dict(embedding_dim=TINY_MODEL["embedding_dim"],
                        attention_heads=TINY_MODEL["attention_heads"],
@@ -20,9 +23,24 @@ def regressor_predictions_factory():
     import numpy as np
     import qiime2
     age = simulated().metadata["age"]
-    noise = np.random.default_rng(0).normal(0, 5, len(age))
-    predictions = (age + noise).rename("prediction").rename_axis("id")
-    return qiime2.Artifact.import_data("SampleData[RegressorPredictions]", predictions)
+    return qiime2.Artifact.import_data("SampleData[RegressorPredictions]",
+                                       _predicted_ages().rename("prediction").rename_axis("id"))
+
+
+def _predicted_ages():
+    import numpy as np
+    age = simulated().metadata["age"]
+    return age + np.random.default_rng(0).normal(0, PREDICTION_NOISE_SD, len(age))
+
+
+def intervals_factory():
+    import pandas as pd
+    import qiime2
+    predicted = _predicted_ages()
+    half_width = INTERVAL_Z * PREDICTION_NOISE_SD
+    intervals = pd.DataFrame({"prediction": predicted, "lower": predicted - half_width,
+                              "upper": predicted + half_width, "level": INTERVAL_LEVEL})
+    return qiime2.Artifact.import_data("SampleData[AAMPredictionIntervals]", intervals)
 
 
 def _predicted_sites():
@@ -58,6 +76,17 @@ def scatterplot_example(use):
     use.action(use.UsageAction(plugin_id="aam", action_id="scatterplot"),
                use.UsageInputs(predictions=predictions, truth=age),
                use.UsageOutputNames(visualization="age_scatterplot"))
+
+
+def scatterplot_intervals_example(use):
+    # Names of its own: a usage driver may run both scatterplot examples in one namespace.
+    predictions = use.init_artifact("predicted_ages", regressor_predictions_factory)
+    intervals = use.init_artifact("intervals", intervals_factory)
+    metadata = use.init_metadata("sample_metadata", metadata_factory)
+    age = use.get_metadata_column("true_age", "age", metadata)
+    use.action(use.UsageAction(plugin_id="aam", action_id="scatterplot"),
+               use.UsageInputs(predictions=predictions, truth=age, intervals=intervals),
+               use.UsageOutputNames(visualization="age_scatterplot_intervals"))
 
 
 def confusion_matrix_example(use):

@@ -42,15 +42,59 @@ REGRESSION_ROWS = [
 
 @takes_parameters("scatterplot")
 def scatterplot(output_dir: str, predictions: pd.Series,
-                truth: qiime2.NumericMetadataColumn, **parameters) -> None:
+                truth: qiime2.NumericMetadataColumn, intervals: pd.DataFrame = None,
+                **parameters) -> None:
     predicted, true, note = _metrics.align(_numeric(predictions), truth.to_series(),
                                            truth.name, parameters["missing_samples"])
     rows = pd.DataFrame({"sample ID": predicted.index, "true": true.to_numpy(),
                          "predicted": predicted.to_numpy()})
+    interval_notes = []
+    if intervals is not None:
+        rows, interval_notes = with_intervals(rows, intervals)
     section = fit_section(output_dir, rows, "scatter", x_label=f"True {truth.name}",
                           y_label=f"Predicted {truth.name}", what="samples")
-    render("scatterplot", output_dir, column=truth.name, notes=_present(note),
-            section=section)
+    render("scatterplot", output_dir, column=truth.name,
+            notes=_present(note, *interval_notes), section=section)
+
+
+def with_intervals(rows, intervals):
+    """`rows` with each sample's interval ('lower', 'upper'; NaN where it has
+    none) and whether it holds the true value ('covered'), plus notes on samples
+    without one and on mixed levels."""
+    bounds = intervals.reindex(rows["sample ID"].astype(str))
+    has = bounds["lower"].notna().to_numpy() & bounds["upper"].notna().to_numpy()
+    notes = []
+    if not has.any():
+        return rows, [f"None of the {len(rows)} samples compared has an interval, so no "
+                      "interval is drawn and no coverage is reported."]
+    if not has.all():
+        notes.append(f"{int((~has).sum())} of the {len(rows)} samples compared have no interval: "
+                     "they have no bar and are left out of the coverage.")
+    levels = np.unique(bounds["level"].to_numpy()[has])
+    if len(levels) > 1:
+        notes.append(f"The intervals have {len(levels)} different levels "
+                     f"({', '.join(map(_number, levels[:5]))}); the coverage pools them.")
+    lower, upper = bounds["lower"].to_numpy(), bounds["upper"].to_numpy()
+    true = rows["true"].to_numpy()
+    covered = pd.array(np.where(has, (lower <= true) & (true <= upper), pd.NA), dtype="boolean")
+    return rows.assign(lower=lower, upper=upper, level=bounds["level"].to_numpy(),
+                       covered=covered), notes
+
+
+def interval_coverage(rows):
+    """The coverage summary of `rows` with intervals (see with_intervals) for the
+    page, or None without intervals: covered count, samples, share, level, and
+    the 95% binomial range of the count a calibrated model gives."""
+    if "covered" not in rows or rows["covered"].notna().sum() == 0:
+        return None
+    from scipy.stats import binom
+    covered = rows["covered"].dropna().astype(bool)
+    level = float(rows.loc[covered.index, "level"].mean())
+    low, high = binom.interval(0.95, len(covered), level)
+    return {"covered": int(covered.sum()), "n": len(covered),
+            "share": f"{covered.mean():.1%}", "level": f"{level:.4g}",
+            "level_percent": f"{level:.0%}", "expected_low": int(low),
+            "expected_high": int(high)}
 
 
 @takes_parameters("confusion_matrix")
@@ -67,6 +111,8 @@ def confusion_matrix(output_dir: str, predictions: pd.Series,
 
 
 def summarize(output_dir: str, model: ModelBundle) -> None:
+    from .core.bundle import LOOKUP_STRIPPED
+    from .core.privacy import stored_references
     history, best = model.history, model.info.get("best_epoch")
     # An ensemble's history has a 'member' column and one best epoch per member.
     best_epochs = [] if best is None else list(best) if isinstance(best, list) else [best]
@@ -79,7 +125,10 @@ def summarize(output_dir: str, model: ModelBundle) -> None:
     best_tables = [(f"At epoch {epoch}" if len(members) == 1 else
                     f"Member {k + 1}, at epoch {epoch}", _best_row(part, epoch))
                    for k, (part, epoch) in enumerate(zip(members, best_epochs))]
+    stripped = model.info.get(LOOKUP_STRIPPED)
     render("summarize", output_dir, task=model.task, notes=notes, section=section,
+            stored_references=stored_references(model),
+            stripped_references=None if stripped is None else stripped["references_removed"],
             trained=_training_sentence([len(part) for part in members], best_epochs),
             best_tables=best_tables,
             model_rows=flat_items(model.model_config.to_dict()),
@@ -111,9 +160,14 @@ def fit_section(output_dir, rows, stem, x_label, y_label, what):
     rows.to_csv(os.path.join(output_dir, f"{stem}.tsv"), sep="\t", index=False)
     metrics = _metrics.regression_metrics(rows["true"], rows["predicted"])
     line = _metrics.least_squares_line(rows["true"], rows["predicted"])
+    coverage = interval_coverage(rows)
+    bars = None if coverage is None else (
+        rows["lower"].to_numpy(float), rows["upper"].to_numpy(float),
+        f"{coverage['level_percent']} intervals")
     _figures.scatter(output_dir, stem, rows["true"], rows["predicted"], line, x_label,
-                     y_label)
+                     y_label, intervals=bars)
     return _section("fit.html", stem=stem, x_label=x_label, y_label=y_label, what=what,
+                    coverage=coverage,
                     metrics=[(shown_as, _number(metrics[key]), meaning or f"{what} compared")
                              for key, shown_as, meaning in REGRESSION_ROWS],
                     line=_line_text(line), table=_table(rows.head(MAX_TABLE_ROWS)),

@@ -12,14 +12,17 @@ from qiime2.plugin import (Categorical, Citations, MetadataColumn, Numeric, Plug
 
 import q2_aam
 from . import _examples, _parameters, _visualizer_examples
-from ._format import (AAMConfigFormat, AAMModelDirectoryFormat, AAMSafetensorsFormat,
-                      AAMTensorBoardEventFormat, AAMTrainingTableFormat)
+from ._format import (AAMConfigFormat, AAMModelDirectoryFormat,
+                      AAMPredictionIntervalsDirectoryFormat, AAMPredictionIntervalsFormat,
+                      AAMSafetensorsFormat, AAMTensorBoardEventFormat, AAMTrainingTableFormat)
+from ._intervals import predict_intervals
 from ._lr_finder import find_learning_rate
 from ._pipelines import classify_samples, regress_samples
 from ._pretrain import pretrain
+from ._privacy import strip_lookup
 from ._supervised import (embed, fit_classifier, fit_regressor, predict, predict_distances,
                           predict_probabilities)
-from ._type import AAMModel, Classifier, Encoder, Regressor
+from ._type import AAMModel, AAMPredictionIntervals, Classifier, Encoder, Regressor
 from ._visualizers import confusion_matrix, scatterplot, summarize
 
 citations = Citations.load("citations.bib", package="q2_aam")
@@ -37,14 +40,15 @@ plugin = Plugin(
 )
 
 plugin.register_formats(AAMConfigFormat, AAMSafetensorsFormat, AAMTrainingTableFormat,
-                        AAMTensorBoardEventFormat, AAMModelDirectoryFormat)
-plugin.register_semantic_types(AAMModel, Encoder)
+                        AAMTensorBoardEventFormat, AAMModelDirectoryFormat,
+                        AAMPredictionIntervalsFormat, AAMPredictionIntervalsDirectoryFormat)
+plugin.register_semantic_types(AAMModel, Encoder, AAMPredictionIntervals)
 ARTIFACT_CLASSES = {
     Encoder: "A pretrained AAM encoder (from `qiime aam pretrain`): a nucleotide transformer "
              "per ASV and a set transformer per sample whose embeddings reproduce UniFrac.",
     Regressor: "A fitted AAM regressor of a numeric metadata column, with its target scaling "
                "and, when its neighbour look-up is on, its training samples' ASV sets and "
-               "targets.",
+               "targets (`qiime aam strip-lookup` removes them).",
     Classifier: "A fitted AAM classifier of a categorical metadata column, with its class "
                 "labels.",
 }
@@ -53,6 +57,11 @@ for kind, description in ARTIFACT_CLASSES.items():
         AAMModel[kind], AAMModelDirectoryFormat,
         description=description + " Stored as config.json, safetensors weights (no pickle), "
                                   "the training history and TensorBoard event files.")
+plugin.register_artifact_class(
+    SampleData[AAMPredictionIntervals], AAMPredictionIntervalsDirectoryFormat,
+    description="A regressor's prediction intervals (from `qiime aam predict-intervals`): per "
+                "sample the prediction, the lower and upper bound, and the interval's level. "
+                "Viewable as metadata (`qiime metadata tabulate`); exported as a TSV file.")
 
 
 PHYLOGENY_DESCRIPTION = (
@@ -205,6 +214,57 @@ plugin.methods.register_function(
     examples={"predict_probabilities": _examples.predict_probabilities_example},
 )
 plugin.methods.register_function(
+    function=predict_intervals,
+    inputs={"model": AAMModel[Regressor], "table": APPLY_TABLE,
+            "sequences": FeatureData[Sequence]},
+    parameters=parameters("predict_intervals"),
+    outputs=[("intervals", SampleData[AAMPredictionIntervals])],
+    input_descriptions={"model": "A regressor fitted with regression_loss 'binned' or "
+                                 "'quantile' (others predict a single value, and are refused).",
+                        **APPLY_INPUT_DESCRIPTIONS},
+    parameter_descriptions=parameter_descriptions("predict_intervals"),
+    output_descriptions={"intervals": "Per sample: the prediction (the predicted median), the "
+                                      "lower and upper bound, and the level."},
+    name="Predict with intervals from an AAM regressor",
+    description=("Predictions with a lower and an upper bound per sample, meant to hold the "
+                 "true value with probability `level`. The bounds are quantiles of the "
+                 "distribution the model predicts: over bins (regression_loss 'binned'; its "
+                 "CDF interpolated as for the binned median) or the predicted quantiles, "
+                 "interpolated linearly (regression_loss 'quantile'). They are calibrated on "
+                 "the fit's validation samples: the fit records where each validation "
+                 "sample's true value fell in its predicted distribution, and the quantiles "
+                 "taken are those that held the wanted share of them (for an ensemble, every "
+                 "member's validation samples, pooled); a model fitted without validation "
+                 "samples gives its raw quantiles. The prediction is the predicted median, "
+                 "from the model alone (without its neighbour look-up). Show them with "
+                 "`qiime metadata tabulate`, or as bars with `qiime aam scatterplot "
+                 "--i-intervals`, which also reports their coverage of the true values."),
+    citations=[citations["koenker1978regression"], citations["kuleshov2018accurate"]],
+    examples={"predict_intervals": _examples.predict_intervals_example},
+)
+plugin.methods.register_function(
+    function=strip_lookup,
+    inputs={"model": AAMModel[Regressor]},
+    parameters={},
+    outputs=[("stripped_model", AAMModel[Regressor])],
+    input_descriptions={"model": "A regressor from fit-regressor or regress-samples."},
+    parameter_descriptions={},
+    output_descriptions={"stripped_model": "The same regressor without its look-up "
+                                           "references: it answers from its weights alone, and "
+                                           "its information records how many references were "
+                                           "removed."},
+    name="Remove the training samples' ASV sets and targets from a regressor",
+    description=("A regressor whose neighbour look-up is on (fit-regressor's "
+                 "lookup_neighbours) stores every fitted sample's ASV set (as sequence "
+                 "digests) and target, and anyone given the model can read them. This removes "
+                 "them before a model is shared: predictions then come from the model alone. "
+                 "The training sample IDs and the validation samples' predictions (with their "
+                 "true values) stay in the model, as in every fitted model. `qiime aam "
+                 "summarize` says whether a model stores references."),
+    citations=[],
+    examples={"strip_lookup": _examples.strip_lookup_example},
+)
+plugin.methods.register_function(
     function=embed,
     inputs={"model": AAMModel[Encoder | Regressor | Classifier], "table": APPLY_TABLE,
             "sequences": FeatureData[Sequence]},
@@ -238,10 +298,16 @@ plugin.methods.register_function(
 
 plugin.visualizers.register_function(
     function=scatterplot,
-    inputs={"predictions": SampleData[RegressorPredictions]},
+    inputs={"predictions": SampleData[RegressorPredictions],
+            "intervals": SampleData[AAMPredictionIntervals]},
     parameters=parameters("scatterplot", truth=MetadataColumn[Numeric]),
     input_descriptions={"predictions": "Predicted values, e.g. from `qiime aam predict` with a "
-                                       "regressor."},
+                                       "regressor.",
+                        "intervals": "Optional prediction intervals, from `qiime aam "
+                                     "predict-intervals`: drawn as vertical bars at each "
+                                     "sample's true value, and their empirical coverage of "
+                                     "the true values shown (over the samples compared that "
+                                     "have an interval)."},
     parameter_descriptions=parameter_descriptions(
         "scatterplot", truth="The true values (samples without a value are left out, and the "
                              "page says how many).",
@@ -250,9 +316,11 @@ plugin.visualizers.register_function(
     name="Scatter plot of predicted against true values",
     description=("Predicted against true values with the least-squares line and the dashed 1:1 "
                  "line; N, MAE, RMSE, R^2 and Pearson r; every sample's error in a table "
-                 "and as TSV; the figure as PNG and SVG."),
+                 "and as TSV; the figure as PNG and SVG. Given intervals, their bars and "
+                 "coverage."),
     citations=[citations["bokulich2018q2sampleclassifier"]],
-    examples={"scatterplot": _visualizer_examples.scatterplot_example},
+    examples={"scatterplot": _visualizer_examples.scatterplot_example,
+              "scatterplot_intervals": _visualizer_examples.scatterplot_intervals_example},
 )
 plugin.visualizers.register_function(
     function=confusion_matrix,

@@ -126,7 +126,8 @@ def test_options_and_defaults_are_the_qiime_actions(command, action):
     offered = {a.dest: a.default for a in sub._actions if a.dest != "help"}
     files = {"table", "sequences", "distances", "tree", "output", "metadata", "column",
              "encoder"}
-    not_in_the_cli = {"n_jobs", "n_devices"}      # threads and processes: torchrun's
+    # threads and processes: torchrun's; covariates: not on the command line yet (README)
+    not_in_the_cli = {"n_jobs", "n_devices", "covariates"}
     table = {(_parameters.PARAMETERS[name].field or name): value
              for name, value in _parameters.defaults(action).items()
              if name not in not_in_the_cli}

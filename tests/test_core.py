@@ -389,9 +389,9 @@ def test_training_batches_alone_drop_asvs(data, monkeypatch):
     seen = []
     real_collate = SampleSet.collate
 
-    def spy(self, indices, mask_ratio=0.0, rng=None, asv_dropout=0.0):
+    def spy(self, indices, mask_ratio=0.0, rng=None, asv_dropout=0.0, unknown_rate=0.0):
         seen.append((bool(np.all(np.asarray(indices) < 24)), asv_dropout))
-        return real_collate(self, indices, mask_ratio, rng, asv_dropout)
+        return real_collate(self, indices, mask_ratio, rng, asv_dropout, unknown_rate)
 
     monkeypatch.setattr(SampleSet, "collate", spy)
     torch.manual_seed(0)

@@ -380,9 +380,11 @@ def test_registered_names_cannot_collide_and_classes_are_described():
     from q2_aam.plugin_setup import plugin
     # QIIME 2 refuses to load every plugin when two register one name.
     assert all(name.startswith("AAM") for name in plugin.formats)
-    assert set(plugin.type_fragments) == {"AAMModel", "Encoder"}  # Encoder: see README
+    assert set(plugin.type_fragments) == {"AAMModel", "Encoder",   # Encoder: see README
+                                          "AAMPredictionIntervals"}
     assert set(plugin.artifact_classes) == {"AAMModel[Encoder]", "AAMModel[Regressor]",
-                                            "AAMModel[Classifier]"}
+                                            "AAMModel[Classifier]",
+                                            "SampleData[AAMPredictionIntervals]"}
     assert all(record.description for record in plugin.artifact_classes.values())
 
 

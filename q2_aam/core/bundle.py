@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 import pandas as pd
 
-from .config import TASKS, ModelConfig
+from .config import CALIBRATION_POINTS, TASKS, ModelConfig
 from .tokenizer import VOCAB_SIZE
 
 # torch is imported inside the functions: the QIIME 2 plugin imports this module
@@ -33,6 +33,8 @@ CONFIG, WEIGHTS, HISTORY, VALIDATION, LOOKUP, EVENTS_DIR = (
     "config.json", "model.safetensors", "history.tsv", "validation.tsv", "lookup.safetensors",
     "tensorboard")
 FORMAT_VERSION = 1
+# info key of a regressor whose look-up references were removed (privacy.strip_lookup).
+LOOKUP_STRIPPED = "lookup_stripped"
 # Models saved before the ASV whitening existed lack its buffers; their identity
 # default is exactly how those models ran.
 OPTIONAL_TENSORS = {"asv_center", "asv_whitening"}
@@ -251,8 +253,10 @@ def check_info(model_config, info):
                 f"{CONFIG}: a regressor's info needs 'target_scaling' with a finite 'mean' and "
                 f"a positive, finite 'std' (the units its predictions are given in); it has "
                 f"{_describe(scaling)}. {REMEDY}")
+        check_quantile_levels(model_config, info)
+        check_interval_calibration(info)
         bins = info.get("target_bins")
-        if bins is None and n_outputs != 1:
+        if bins is None and "target_quantile_levels" not in info and n_outputs != 1:
             raise ValueError(f"{CONFIG}: the regressor has {n_outputs} outputs but no "
                              f"'target_bins' to read them as; a plain regressor has 1. {REMEDY}")
         if bins is not None:
@@ -273,6 +277,68 @@ def check_info(model_config, info):
         if len(classes) != n_outputs:
             raise ValueError(f"{CONFIG}: 'classes' names {len(classes)} labels but the model "
                              f"has {n_outputs} outputs; they must match. {REMEDY}")
+    stripped = info.get(LOOKUP_STRIPPED, {"references_removed": 0})
+    if not (isinstance(stripped, dict) and set(stripped) == {"references_removed"}
+            and isinstance(stripped["references_removed"], int)
+            and not isinstance(stripped["references_removed"], bool)
+            and stripped["references_removed"] >= 0):
+        raise ValueError(f"{CONFIG}: '{LOOKUP_STRIPPED}' must be an object holding "
+                         f"'references_removed', a non-negative integer; it is "
+                         f"{_describe(stripped)}. {REMEDY}")
+    from .covariates import check_covariate_info
+    try:
+        check_covariate_info(model_config, info)
+    except ValueError as err:
+        raise ValueError(f"{CONFIG}: {err}. {REMEDY}") from err
+
+
+def check_interval_calibration(info):
+    """A binned or quantile regressor's interval calibration (targets.calibration_info):
+    CALIBRATION_POINTS probabilities rising from 0 to 1, and the number of
+    validation samples behind them."""
+    calibration = info.get("interval_calibration")
+    if calibration is None:
+        return
+    if "target_bins" not in info and "target_quantile_levels" not in info:
+        raise ValueError(f"{CONFIG}: 'interval_calibration' goes with a regressor that "
+                         f"predicts a distribution ('target_bins' or "
+                         f"'target_quantile_levels'). {REMEDY}")
+    points = calibration.get("probabilities") if isinstance(calibration, dict) else None
+    samples = calibration.get("validation_samples") if isinstance(calibration, dict) else None
+    if not (isinstance(points, list) and len(points) == CALIBRATION_POINTS
+            and all(map(_is_number, points)) and points[0] == 0 and points[-1] == 1
+            and all(a <= b for a, b in zip(points, points[1:]))
+            and isinstance(samples, int) and not isinstance(samples, bool) and samples >= 1):
+        raise ValueError(f"{CONFIG}: 'interval_calibration' must hold 'probabilities', "
+                         f"{CALIBRATION_POINTS} numbers rising from 0 to 1, and "
+                         f"'validation_samples', a positive integer; it holds "
+                         f"{_describe(calibration)}. {REMEDY}")
+
+
+def check_quantile_levels(model_config, info):
+    """A 'quantile' regressor's levels: one per output, increasing, inside (0, 1),
+    symmetric around the median they include (its point prediction); and only
+    with quantile outputs."""
+    levels = info.get("target_quantile_levels")
+    if (levels is not None) != model_config.quantile_outputs:
+        raise ValueError(f"{CONFIG}: 'target_quantile_levels' go with a model whose "
+                         f"quantile_outputs is true, and only with one. {REMEDY}")
+    if levels is None:
+        return
+    if not (isinstance(levels, list) and len(levels) >= 3 and all(map(_is_number, levels))
+            and all(0 < q < 1 for q in levels) and all(a < b for a, b in zip(levels, levels[1:]))
+            and 0.5 in levels
+            and all(math.isclose(a + b, 1.0) for a, b in zip(levels, reversed(levels)))):
+        raise ValueError(f"{CONFIG}: 'target_quantile_levels' must be increasing numbers "
+                         f"between 0 and 1, symmetric around the 0.5 they include; they are "
+                         f"{_describe(levels)}. {REMEDY}")
+    if "target_bins" in info:
+        raise ValueError(f"{CONFIG}: a regressor predicts bins or quantiles, not both; its "
+                         f"info holds 'target_bins' and 'target_quantile_levels'. {REMEDY}")
+    if len(levels) != model_config.n_outputs:
+        raise ValueError(f"{CONFIG}: 'target_quantile_levels' holds {len(levels)} levels but "
+                         f"the model has {model_config.n_outputs} outputs; they must match. "
+                         f"{REMEDY}")
 
 
 def _is_number(value):
@@ -408,6 +474,9 @@ def check_lookup(model_config, info, arrays):
     if model_config.task != "regressor":
         refuse(f"only a regressor answers from neighbours, and this model is a "
                f"{model_config.task}")
+    if LOOKUP_STRIPPED in info:
+        refuse(f"{CONFIG} records that the look-up references were removed "
+               f"('{LOOKUP_STRIPPED}'), yet the model holds them")
     if set(arrays) != set(LOOKUP_ARRAYS):
         refuse(f"it must hold exactly the arrays {', '.join(sorted(LOOKUP_ARRAYS))}; it holds "
                f"{', '.join(sorted(arrays)) or 'none'}")
@@ -448,6 +517,10 @@ def check_answers(bundle):
     sequences = {"probe_a": "ACGT" * 40, "probe_b": "TTGCA" * 32}
     data = SampleSet(np.array([[5.0, 2.0]]), ["probe"], list(sequences), sequences,
                      cfg.max_bp, cfg.asv_limit)
+    from .covariates import CovariateCodec, with_covariates
+    codec = CovariateCodec.from_info(bundle.info)
+    if codec is not None:
+        data = with_covariates(bundle, data, codec.probe_frame(data.sample_ids))
     answers = dict(zip(("sample embeddings", "distance embeddings"),
                        embed(bundle, data, device="cpu")))
     if bundle.task != "encoder":

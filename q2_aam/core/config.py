@@ -9,7 +9,11 @@ from dataclasses import asdict, dataclass, fields
 TASKS = ("encoder", "regressor", "classifier")
 # Defined here (no torch) so that the plugin can offer them as choices; built in optim.py.
 OPTIMIZERS = ("adamw", "adam", "sgd", "lion")
-REGRESSION_LOSSES = ("mse", "huber", "l1", "binned")
+REGRESSION_LOSSES = ("mse", "huber", "l1", "binned", "quantile")
+# Losses whose regressors predict a distribution, and so prediction intervals.
+INTERVAL_LOSSES = ("binned", "quantile")
+# Points (evenly spaced over [0, 1]) at which a model keeps its interval calibration.
+CALIBRATION_POINTS = 101
 MAX_KMER_SIZE = 8     # a table of 4**8 k-mers; longer ones would mostly be unique
 SCHEDULERS = ("warmup_cosine", "cosine", "plateau", "onecycle", "constant")
 # 'auto': 'l1' on a pretrained encoder, 'mse' from scratch (supervised.resolve_regression_loss).
@@ -48,6 +52,15 @@ class ModelConfig:
     kmer_size: int = 0
     # Supervised models: independently fitted members answering as one (model.Ensemble).
     ensemble_size: int = 1
+    # A regressor's several outputs are quantiles of the target (the 'quantile'
+    # loss: an ensemble averages them), not the logits of the 'binned' loss's
+    # bins (an ensemble averages their probabilities).
+    quantile_outputs: bool = False
+    # Supervised models fitted with covariates (covariates.py): rows of the
+    # category table (each categorical column's categories and its 'unknown')
+    # and the number of numeric columns; 0: none.
+    covariate_categories: int = 0
+    covariate_numeric: int = 0
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -97,6 +110,10 @@ class TrainConfig:
     # a regularizer against memorizing single ASVs (not for pretraining, whose
     # UniFrac targets describe the whole sample).
     asv_dropout: float = 0.0
+    # Rate at which a training batch reads a sample's covariate category as its
+    # column's 'unknown' (covariates.py), so that unknown learns an answer for
+    # categories never seen in training.
+    covariate_unknown_rate: float = 0.1
     nuc_penalty: float = 1.0
     unifrac_penalty: float = 1.0
     # Weight of sample pairs whose true distance is 0 in the UniFrac loss.
@@ -122,6 +139,7 @@ class TrainConfig:
             ("gradient_accumulation_steps", self.gradient_accumulation_steps >= 1, "at least 1"),
             ("nuc_mask_ratio", 0 <= self.nuc_mask_ratio < 1, "in [0, 1)"),
             ("asv_dropout", 0 <= self.asv_dropout < 1, "in [0, 1)"),
+            ("covariate_unknown_rate", 0 <= self.covariate_unknown_rate < 1, "in [0, 1)"),
             ("regression_loss", self.regression_loss in REGRESSION_LOSS_CHOICES,
              _one_of(REGRESSION_LOSS_CHOICES)),
             ("nuc_penalty", self.nuc_penalty >= 0, "non-negative"),

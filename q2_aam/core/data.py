@@ -29,6 +29,8 @@ class Batch:
     distances: Optional[torch.Tensor] = None        # [B, B]
     faith_pd: Optional[torch.Tensor] = None         # [B]
     targets: Optional[torch.Tensor] = None          # [B]
+    covariate_codes: Optional[torch.Tensor] = None  # [B, C] rows of the category table
+    covariate_values: Optional[torch.Tensor] = None  # [B, V] standardized numeric covariates
 
     def to(self, device):
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -78,6 +80,7 @@ class SampleSet:
         self.faith_pd = None        # [n] float32
         self.targets = None         # [n] float32 or int64
         self.asv_embedding_table = None   # [n_features, D] torch, frozen encoder
+        self.covariates = None      # covariates.CovariateValues of the samples
 
     @classmethod
     def from_biom(cls, table, sequences, max_bp, asv_limit):
@@ -137,11 +140,13 @@ class SampleSet:
     def occurrences(self, indices):
         return int(sum(len(self.asv_ids[i]) for i in indices))
 
-    def collate(self, indices, mask_ratio=0.0, rng=None, asv_dropout=0.0):
+    def collate(self, indices, mask_ratio=0.0, rng=None, asv_dropout=0.0, unknown_rate=0.0):
         """Build a Batch of the samples `indices` (positions in this set).
 
         `asv_dropout` leaves out that fraction of each sample's ASVs at random
         (`rng`); a sample that would lose them all keeps its most abundant one.
+        `unknown_rate` reads that fraction of the samples' covariate categories
+        as their column's 'unknown' (`rng`; drawn only when there are covariates).
         """
         indices = np.asarray(indices)
         ids = [self.asv_ids[i] for i in indices]
@@ -184,6 +189,9 @@ class SampleSet:
             batch.faith_pd = torch.from_numpy(self.faith_pd[indices])
         if self.targets is not None:
             batch.targets = torch.from_numpy(self.targets[indices])
+        if self.covariates is not None:
+            batch.covariate_codes, batch.covariate_values = self.covariates.rows(
+                indices, rng, unknown_rate)
         return batch
 
 

@@ -130,7 +130,7 @@ def _select_samples(batch, rows, owned):
         keep[used.numpy()] = owned[used.numpy()]
         local.nuc_positions = batch.nuc_positions[used] & torch.from_numpy(keep)[used][:, None]
         local.nuc_targets = batch.nuc_targets[torch.from_numpy(np.repeat(keep, counts))]
-    for name in ("faith_pd", "targets"):
+    for name in ("faith_pd", "targets", "covariate_codes", "covariate_values"):
         if getattr(batch, name) is not None:
             setattr(local, name, getattr(batch, name)[rows])
     return local

@@ -3,6 +3,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .config import REGRESSION_LOSSES
 from .model import predicted_distance
 
 
@@ -53,6 +54,14 @@ def binned_regression_loss(logits, target, centers):
     return F.cross_entropy(logits.float(), label)
 
 
+def quantile_regression_loss(pred, target, levels):
+    """Pinball loss of predicted quantiles [B, Q] at `levels` [Q] against
+    standardized targets [B], averaged over samples and levels: each output
+    learns its level's conditional quantile."""
+    residual = target.float()[:, None] - pred.float()
+    return torch.maximum(levels * residual, (levels - 1) * residual).mean()
+
+
 def classification_loss(logits, target, class_weights=None):
     return F.cross_entropy(logits.float(), target, weight=class_weights)
 
@@ -73,26 +82,30 @@ class LossFunction:
     """Combines the loss terms a task uses, weighted by their penalties."""
 
     @classmethod
-    def for_run(cls, task, cfg, class_weights=None, bin_centers=None):
+    def for_run(cls, task, cfg, class_weights=None, bin_centers=None, quantile_levels=None):
         """The loss of `task` with the penalties and choices of the TrainConfig `cfg`
         (its regression_loss already resolved: see resolve_regression_loss)."""
         return cls(task, nuc_penalty=cfg.nuc_penalty, unifrac_penalty=cfg.unifrac_penalty,
                    faith_pd_penalty=cfg.faith_pd_penalty,
                    zero_distance_weight=cfg.zero_distance_weight, class_weights=class_weights,
-                   regression_loss=cfg.regression_loss, bin_centers=bin_centers)
+                   regression_loss=cfg.regression_loss, bin_centers=bin_centers,
+                   quantile_levels=quantile_levels)
 
     def __init__(self, task, nuc_penalty=1.0, unifrac_penalty=1.0, faith_pd_penalty=1.0,
                  target_penalty=1.0, zero_distance_weight=1.0, class_weights=None,
-                 regression_loss="mse", bin_centers=None):
+                 regression_loss="mse", bin_centers=None, quantile_levels=None):
         if not zero_distance_weight >= 0:
             raise ValueError("zero_distance_weight must be non-negative (0 leaves zero-distance "
                              f"pairs out of the UniFrac loss); got {zero_distance_weight!r}.")
-        if task == "regressor" and regression_loss not in ("mse", "huber", "l1", "binned"):
+        if task == "regressor" and regression_loss not in REGRESSION_LOSSES:
             raise ValueError(f"Unknown regression loss {regression_loss!r}; resolve 'auto' "
                              "with resolve_regression_loss first.")
         if task == "regressor" and (regression_loss == "binned") != (bin_centers is not None):
             raise ValueError("The 'binned' regression loss needs bin_centers, and bin_centers "
                              "go with the 'binned' loss only.")
+        if task == "regressor" and (regression_loss == "quantile") != (quantile_levels is not None):
+            raise ValueError("The 'quantile' regression loss needs quantile_levels, and "
+                             "quantile_levels go with the 'quantile' loss only.")
         self.task = task
         self.penalties = {"unifrac_loss": unifrac_penalty, "nuc_loss": nuc_penalty,
                           "faith_pd_loss": faith_pd_penalty, "target_loss": target_penalty}
@@ -100,6 +113,7 @@ class LossFunction:
         self.class_weights = class_weights
         self.regression_loss = regression_loss
         self.bin_centers = bin_centers      # the 'binned' regression loss's, standardized
+        self.quantile_levels = quantile_levels      # the 'quantile' regression loss's
 
     def sample_weights(self, batch):
         """[B] numpy weight of each sample in the target loss's mean (its class
@@ -123,6 +137,9 @@ class LossFunction:
             if self.task == "regressor" and self.bin_centers is not None:
                 losses["target_loss"] = binned_regression_loss(
                     out["target"], batch.targets, self.bin_centers.to(out["target"].device))
+            elif self.task == "regressor" and self.quantile_levels is not None:
+                losses["target_loss"] = quantile_regression_loss(
+                    out["target"], batch.targets, self.quantile_levels.to(out["target"].device))
             elif self.task == "regressor":
                 losses["target_loss"] = regression_loss(out["target"], batch.targets,
                                                           self.regression_loss)

@@ -82,15 +82,17 @@ def lr_range_test(data, targets, task, model_cfg: ModelConfig, train_cfg: TrainC
     codec = None
     if task != "encoder":
         codec = TargetCodec.from_targets(task, targets,
-                                         binned=train_cfg.regression_loss == "binned")
+                                         binned=train_cfg.regression_loss == "binned",
+                                         quantiles=train_cfg.regression_loss == "quantile")
         data = data.replace(targets=codec.encode(targets))
     model_cfg = ModelConfig.from_dict({**model_cfg.to_dict(), "task": task, "faith_pd": False,
                                        "n_outputs": 0 if codec is None else codec.n_outputs})
     device = resolve_device(train_cfg.device)
     torch.manual_seed(train_cfg.random_seed)
     model = AAMModel(model_cfg).to(device).train()
-    loss_fn = LossFunction.for_run(task, train_cfg,
-                                   bin_centers=None if codec is None else codec.scaled_bins())
+    loss_fn = LossFunction.for_run(
+        task, train_cfg, bin_centers=None if codec is None else codec.scaled_bins(),
+        quantile_levels=None if codec is None else codec.quantile_tensor())
     log(f"Range test on {device}: {steps} {train_cfg.optimizer} steps of one batch of "
         f"{train_cfg.batch_size} from learning rate {min_lr:g} to {max_lr:g}.")
     rows, diverged = sweep(model, loss_fn, data, train_cfg, device,

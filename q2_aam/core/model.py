@@ -141,6 +141,48 @@ class SampleEncoder(nn.Module):
         return self.pool(self.ln(x), mask)
 
 
+class CovariateEmbedding(nn.Module):
+    """What a sample's covariates add to its pooled embedding: the sum of a
+    learned vector per category of each categorical column (codes index one
+    table that holds every column's categories and 'unknown', covariates.py)
+    and a linear map of the standardized numeric columns.
+
+    Added to the pooled embedding, not given to the sample transformer as an
+    extra token: a category then shifts what the heads read directly (an age
+    offset per study is one vector), whereas a token would compete with up to
+    asv_limit ASVs for the attention pool's weight; and the ASV set, the
+    UniFrac-trained distance embeddings and data-parallel sharding stay as
+    they were. Zero at initialization, so a fit on a pretrained encoder starts
+    from the function it would have without covariates.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d = cfg.embedding_dim
+        self.categories = (nn.EmbeddingBag(cfg.covariate_categories, d, mode="sum")
+                           if cfg.covariate_categories else None)
+        self.numeric = (nn.Linear(cfg.covariate_numeric, d, bias=False)
+                        if cfg.covariate_numeric else None)
+
+    def zero_(self):
+        for layer in (self.categories, self.numeric):
+            if layer is not None:
+                nn.init.zeros_(layer.weight)
+        return self
+
+    def forward(self, batch):
+        """[B, D] float32: the covariates' shift of each sample's embedding."""
+        if batch.covariate_codes is None or batch.covariate_values is None:
+            raise ValueError("This model was fitted with covariates and needs them for every "
+                             "sample (covariates.with_covariates attaches them).")
+        shift = 0.0
+        if self.categories is not None:
+            shift = shift + self.categories(batch.covariate_codes)
+        if self.numeric is not None:
+            shift = shift + self.numeric(batch.covariate_values.float())
+        return shift
+
+
 class AAMModel(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -158,11 +200,15 @@ class AAMModel(nn.Module):
         self.faith_pd_head = nn.Linear(d, 1) if cfg.faith_pd else None
         self.target_head = (nn.Sequential(nn.LayerNorm(d), nn.Linear(d, cfg.n_outputs))
                             if cfg.task != "encoder" else None)
+        self.covariates = (CovariateEmbedding(cfg)
+                           if cfg.covariate_categories or cfg.covariate_numeric else None)
         # A fixed affine map of ASV embeddings, identity unless a fit on a
         # pretrained encoder sets it (transfer.whiten_asv_embeddings).
         self.register_buffer("asv_center", torch.zeros(d))
         self.register_buffer("asv_whitening", torch.eye(d))
         self.apply(_init_weights)
+        if self.covariates is not None:
+            self.covariates.zero_()
 
     def encode_asvs(self, tokens):
         """[U, T] tokens -> ([U, D] ASV embeddings, [U, T, D] token states)."""
@@ -199,11 +245,15 @@ class AAMModel(nn.Module):
         # digits resolve in the embeddings they are computed from.
         with torch.autocast(sample_emb.device.type, enabled=False):
             sample_emb = sample_emb.float()
-            out["sample_embeddings"] = sample_emb
+            # UniFrac and Faith PD describe the community alone: read before the
+            # covariates condition what the target head (and `embed`) reads.
             out["distance_embeddings"] = (self.distance_head(sample_emb)
                                           * self.distance_log_scale.exp())
             if self.faith_pd_head is not None:
                 out["faith_pd"] = self.faith_pd_head(sample_emb).squeeze(-1)
+            if self.covariates is not None:
+                sample_emb = sample_emb + self.covariates(batch)
+            out["sample_embeddings"] = sample_emb
             if self.target_head is not None:
                 out["target"] = self.target_head(sample_emb)
         return out
@@ -214,8 +264,8 @@ class Ensemble(nn.Module):
     validation split), answering as one.
 
     Probabilities (of classes, or of a binned regression's target bins) are
-    averaged: the prediction is the members' mixture. Scalar regressions are
-    averaged. Embeddings are concatenated, since members' spaces need not align.
+    averaged: the prediction is the members' mixture. Scalar regressions and
+    predicted quantiles are averaged. Embeddings are concatenated, since members' spaces need not align.
     """
 
     def __init__(self, cfg: ModelConfig):
@@ -241,7 +291,8 @@ class Ensemble(nn.Module):
         out = {key: torch.cat([o[key] for o in outs], -1)
                for key in ("sample_embeddings", "distance_embeddings")}
         targets = torch.stack([o["target"] for o in outs])
-        if self.cfg.task == "classifier" or self.cfg.n_outputs > 1:
+        if self.cfg.task == "classifier" or (self.cfg.n_outputs > 1
+                                             and not self.cfg.quantile_outputs):
             # Log of the mean probability: decoding takes a softmax of it.
             out["target"] = (torch.logsumexp(torch.log_softmax(targets, -1), 0)
                              - math.log(len(outs)))

@@ -16,13 +16,15 @@ import torch
 
 from .bundle import ModelBundle
 from .config import ModelConfig, TrainConfig
+from .covariates import CovariateCodec, aligned
 from .data import split_indices
 from .inference import decode, embed, predict
 from .losses import LossFunction, resolve_regression_loss
 from .lookup import fit_lookup, store_lookup
 from .metrics import classification_metrics, regression_metrics
 from .model import AAMModel
-from .targets import MAX_BINS, MIN_BINS, TargetCodec, binned_median, target_bins
+from .targets import (CDF_AT_TRUE, MAX_BINS, MIN_BINS, TargetCodec, binned_median,
+                      calibration_info, target_bins)
 from .train import predict_outputs, resolve_device, train
 from .transfer import (WHITENING_RIDGE, EncoderTransfer, embed_all_asvs, transferred_config,
                        whiten_asv_embeddings)
@@ -30,7 +32,7 @@ from .transfer import (WHITENING_RIDGE, EncoderTransfer, embed_all_asvs, transfe
 
 def fit(data, targets, task, model_cfg: ModelConfig, train_cfg: TrainConfig, encoder=None,
         freeze_encoder=False, class_weights="none", lookup_neighbours=0, log=None,
-        whitening_ridge=WHITENING_RIDGE):
+        whitening_ridge=WHITENING_RIDGE, covariates=None):
     """Fit a regressor (float targets) or classifier (string labels) on `data`,
     which is left as it was.
 
@@ -51,6 +53,10 @@ def fit(data, targets, task, model_cfg: ModelConfig, train_cfg: TrainConfig, enc
     A regressor with `lookup_neighbours` > 0 also answers from its fitted
     samples where that many nearest ones agree (lookup.py); fit_lookup chooses
     how closely they must agree on the members' validation splits.
+
+    `covariates` (a DataFrame indexed by sample ID, every column used)
+    condition the model (covariates.py); their categories and scaling come
+    from the first member's training split, and predictions then need them.
     """
     if task not in ("regressor", "classifier"):
         raise ValueError(f"A fit's task is 'regressor' or 'classifier', not {task!r}; an "
@@ -65,17 +71,41 @@ def fit(data, targets, task, model_cfg: ModelConfig, train_cfg: TrainConfig, enc
     codec, splits = codec_and_splits(task, targets, len(data), train_cfg, seeds)
     info = fit_info(data, train_cfg, codec, splits, encoder, freeze_encoder)
     model_cfg = fitted_config(model_cfg, codec, len(seeds), encoder)
+    fitted = data.replace(targets=codec.encode(targets))
+    if covariates is not None:
+        model_cfg, fitted = fit_covariates(covariates, fitted, splits[0][0], model_cfg, info)
     transfer = None if encoder is None else EncoderTransfer.from_encoder(
         encoder, model_cfg.kmer_size, freeze_encoder, whitening_ridge)
-    members, results = fit_members(data.replace(targets=codec.encode(targets)), seeds, splits,
-                                   model_cfg, train_cfg, transfer, codec, class_weights, info,
-                                   log)
+    members, results = fit_members(fitted, seeds, splits, model_cfg, train_cfg, transfer,
+                                   codec, class_weights, info, log)
     bundle = _bundle(model_cfg, members, results, info)
+    if codec.task == "regressor" and codec.predicts_distribution:
+        calibrate_intervals(bundle)
     if task == "regressor" and lookup_neighbours > 0:
         store_lookup(bundle, *fit_lookup(
             data, np.asarray(targets, dtype=np.float64), splits,
             [result.best_validation for result in results], lookup_neighbours, codec.std, log))
     return bundle
+
+
+def fit_covariates(frame, data, train_idx, model_cfg, info):
+    """The covariates' codec from the training split `train_idx`, recorded in
+    `info`: returns the ModelConfig sized for them and `data` carrying them."""
+    codec = CovariateCodec.from_frame(aligned(frame, data.sample_ids), train_idx)
+    values, _ = codec.encode(aligned(frame, data.sample_ids))
+    info.update(codec.to_info())
+    return replace(model_cfg, **codec.model_choices()), data.replace(covariates=values)
+
+
+def calibrate_intervals(bundle):
+    """Record in a binned or quantile regressor's info the calibration of its
+    prediction intervals on the validation samples (targets.calibration_info;
+    an ensemble's: every member's on its own validation split, pooled)."""
+    validation = bundle.validation
+    if validation is not None and CDF_AT_TRUE in validation:
+        calibration = calibration_info(validation[CDF_AT_TRUE].to_numpy())
+        if calibration is not None:
+            bundle.info["interval_calibration"] = calibration
 
 
 def member_seeds(random_seed, ensemble_size):
@@ -98,7 +128,8 @@ def codec_and_splits(task, targets, n_samples, train_cfg, seeds):
                             np.random.default_rng([seed, 2]), strata=strata) for seed in seeds]
     if task == "regressor":
         codec = TargetCodec.from_targets(task, targets, splits[0][0],
-                                         binned=train_cfg.regression_loss == "binned")
+                                         binned=train_cfg.regression_loss == "binned",
+                                         quantiles=train_cfg.regression_loss == "quantile")
     return codec, splits
 
 
@@ -114,7 +145,8 @@ def fitted_config(model_cfg, codec, n_members, encoder):
     """The ModelConfig of the fitted model: `model_cfg`, or the encoder's
     architecture with the fit's own choices (transfer.transferred_config)."""
     fit_choices = {"task": codec.task, "n_outputs": codec.n_outputs,
-                   "ensemble_size": n_members}
+                   "ensemble_size": n_members,
+                   "quantile_outputs": codec.quantile_levels is not None}
     if encoder is not None:
         return transferred_config(encoder, model_cfg, fit_choices)
     return ModelConfig.from_dict({**model_cfg.to_dict(), **fit_choices})
@@ -131,7 +163,8 @@ def member_loss(task, train_cfg, codec, class_weights, train_codes):
         weights = torch.tensor(len(train_codes) / (n_classes * np.maximum(counts, 1)),
                                dtype=torch.float32)
     return LossFunction.for_run(task, train_cfg, class_weights=weights,
-                                bin_centers=codec.scaled_bins())
+                                bin_centers=codec.scaled_bins(),
+                                quantile_levels=codec.quantile_tensor())
 
 
 def fit_members(data, seeds, splits, model_cfg, train_cfg, transfer, codec, class_weights,
@@ -173,6 +206,8 @@ def evaluate_targets(info, task, batch_size):
         detail = pd.DataFrame({"sample_id": np.array(data.sample_ids)[indices], "true": true,
                                "predicted": predicted})
         if task == "regressor":
+            if codec.predicts_distribution:     # for the interval calibration
+                detail[CDF_AT_TRUE] = codec.cdf(out["target"], true)
             return regression_metrics(true, predicted), detail
         for c, label in enumerate(codec.classes):
             detail[f"prob:{label}"] = probabilities[:, c]

@@ -195,7 +195,8 @@ def run_epoch_losses(model, data, indices, loss_fn, cfg, device, rng, optimizer=
     first_bad_step = torch.tensor(-1, device=device)
     accum = cfg.gradient_accumulation_steps
     for step, idx in enumerate(batches):
-        batch = data.collate(idx, cfg.nuc_mask_ratio, rng, cfg.asv_dropout if training else 0.0)
+        batch = data.collate(idx, cfg.nuc_mask_ratio, rng, cfg.asv_dropout if training else 0.0,
+                             cfg.covariate_unknown_rate if training else 0.0)
         with torch.set_grad_enabled(training), autocast(device):
             losses, loss = batch_losses(model, batch, loss_fn, device)
         first_bad_step = torch.where((first_bad_step < 0) & ~torch.isfinite(loss.detach()),
