@@ -14,8 +14,8 @@ def predict_intervals(model: ModelBundle, table: biom.Table, sequences: pd.Serie
                       **parameters) -> pd.DataFrame:
     from .core.inference import check_intervals, predict_intervals as core_intervals
     from .core.inputs import refuse_non_finite
-    check_intervals(model)      # before reading the table: the model decides
     level = parameters["level"]
+    check_intervals(model, level)      # before reading the table: the model decides
     data = _sample_set(model, table, sequences, parameters["covariates"])
     predicted, lower, upper = core_intervals(model, data, level, device=parameters["device"])
     refuse_non_finite(np.column_stack([predicted, lower, upper]), "predictions or bounds",

@@ -23,7 +23,7 @@ def pretrain(table: biom.Table, sequences: pd.Series,
                    required=True)
     if faith_pd is not None:
         data.faith_pd = attach_alpha(data, faith_pd, "faith_pd")
-    check_split_size(len(data), train_cfg.batch_size, train_cfg.validation_fraction)
+    check_split_size(len(data), train_cfg.validation_fraction)
     log(f"Pretraining on {len(data)} samples and {len(data.feature_ids)} features.")
     # One device: core_pretrain runs here. More: worker processes, which log
     # to stderr themselves (a `log` function cannot cross into them).

@@ -44,7 +44,7 @@ def _fit(task, table, sequences, metadata, pretrained_encoder, distance_matrix, 
                                            architecture.max_bp, architecture.asv_limit)
     if task == "classifier":
         check_classes(values, train_cfg.validation_fraction)
-    check_split_size(len(data), train_cfg.batch_size, train_cfg.validation_fraction)
+    check_split_size(len(data), train_cfg.validation_fraction)
     attach_unifrac(data, distance_matrix, phylogeny, parameters["unifrac_metric"],
                    required=False)
     log(f"Fitting a {task} of '{metadata.name}' on {len(data)} samples.")
@@ -92,14 +92,12 @@ def _sample_set(model, table, sequences, covariates=None):
 @takes_parameters("predict")
 def predict(model: ModelBundle, table: biom.Table, sequences: pd.Series,
             **parameters) -> pd.Series:
-    from .core.inference import model_predictions
-    from .core.lookup import load_lookup
+    from .core.inference import predict as model_then_lookup
     from .core.inputs import refuse_non_finite
     data = _sample_set(model, table, sequences, parameters["covariates"])
-    predictions, probabilities = model_predictions(model, data, device=parameters["device"])
-    lookup = load_lookup(model)       # a regressor's optional neighbour look-up
-    if lookup is not None:
-        predictions = lookup.apply(data, predictions, log)
+    # the model, then a regressor's optional neighbour look-up
+    predictions, probabilities = model_then_lookup(model, data, device=parameters["device"],
+                                                   log=log)
     # A classifier's labels come from its probabilities: NaN ones would still give a label.
     refuse_non_finite(predictions if probabilities is None else probabilities,
                       "predictions" if probabilities is None else "class probabilities",

@@ -297,7 +297,7 @@ def read_sample_set(args, model_cfg, train_cfg):
                                                 model_cfg.asv_limit)
         if args.command == "fit-classifier":
             check_classes(targets, train_cfg.validation_fraction)
-    check_split_size(len(data), train_cfg.batch_size, train_cfg.validation_fraction)
+    check_split_size(len(data), train_cfg.validation_fraction)
     if args.distances is not None:
         data.distances = read_distances(args.distances, data.sample_ids)
     elif args.tree is not None:

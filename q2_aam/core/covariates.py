@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .inputs import notice
+from .inputs import few_ids, notice
 
 CATEGORICAL, NUMERIC = "categorical", "numeric"
 
@@ -94,7 +94,7 @@ class CovariateCodec:
         columns = [_column_from_info(entry) for entry in record["columns"]]
         names = [c.name for c in columns]
         if len(set(names)) != len(names):
-            raise ValueError(f"'covariates' names a column twice ({_few(names)})")
+            raise ValueError(f"'covariates' names a column twice ({few_ids(names)})")
         return cls(tuple(columns))
 
     def to_info(self):
@@ -131,8 +131,8 @@ class CovariateCodec:
         absent = [c.name for c in self.columns if c.name not in frame.columns]
         if absent:
             raise ValueError(
-                f"The covariates lack the column(s) {_few(absent)} that the model was fitted "
-                f"with (it reads {_few([c.name for c in self.columns])}). Give covariates "
+                f"The covariates lack the column(s) {few_ids(absent)} that the model was fitted "
+                f"with (it reads {few_ids([c.name for c in self.columns])}). Give covariates "
                 "with every one of them.")
         check_complete(frame[[c.name for c in self.columns]])
         unknown = self.unknown_rows()
@@ -175,11 +175,11 @@ def samples_with_covariates(sample_ids, frame, missing_samples):
     absent = [s for s in sample_ids if s not in present]
     if absent and missing_samples == "error":
         raise ValueError(
-            f"{len(absent)} sample(s) are missing from the covariates: {_few(absent)}. Add "
+            f"{len(absent)} sample(s) are missing from the covariates: {few_ids(absent)}. Add "
             "them to the covariates metadata, filter the table, or use "
             "missing_samples='ignore'.")
     if absent:
-        notice(f"Ignoring {len(absent)} sample(s) absent from the covariates: {_few(absent)}.")
+        notice(f"Ignoring {len(absent)} sample(s) absent from the covariates: {few_ids(absent)}.")
     return [s for s in sample_ids if s in present]
 
 
@@ -188,7 +188,7 @@ def aligned(frame, sample_ids):
     absent = [s for s in sample_ids if s not in frame.index]
     if absent:
         raise ValueError(
-            f"{len(absent)} sample(s) are missing from the covariates: {_few(absent)}. The "
+            f"{len(absent)} sample(s) are missing from the covariates: {few_ids(absent)}. The "
             "model reads its covariates for every sample: add them to the covariates "
             "metadata, or filter the table.")
     return frame.loc[list(sample_ids)]
@@ -218,7 +218,7 @@ def with_covariates(bundle, data, frame, log=None):
             return data
         raise ValueError(
             f"This model was fitted with covariates (the column(s) "
-            f"{_few([c.name for c in codec.columns])}) and needs them for every sample: give "
+            f"{few_ids([c.name for c in codec.columns])}) and needs them for every sample: give "
             "them (with QIIME 2: --m-covariates-file).")
     values, unseen = codec.encode(aligned(frame, data.sample_ids))
     if unseen:
@@ -228,7 +228,7 @@ def with_covariates(bundle, data, frame, log=None):
 
 def report_unseen(unseen, n_samples, log=None):
     parts = [f"'{name}': {sum(counts.values())} sample(s) with "
-             f"{_few([f'{value!r}' for value in counts])}" for name, counts in unseen.items()]
+             f"{few_ids([f'{value!r}' for value in counts])}" for name, counts in unseen.items()]
     (log or notice)(
         f"Covariate categories never seen in training (of {n_samples} sample(s)), read as "
         f"the column's 'unknown' category: {'; '.join(parts)}.")
@@ -237,10 +237,6 @@ def report_unseen(unseen, n_samples, log=None):
 # --- checks -------------------------------------------------------------------------------
 
 
-def _few(ids, n=5):
-    ids = list(ids)
-    shown = ", ".join(map(str, ids[:n]))
-    return shown + (f", ... ({len(ids) - n} more)" if len(ids) > n else "")
 
 
 def check_complete(frame):
@@ -254,7 +250,7 @@ def check_complete(frame):
         if missing.any():
             raise ValueError(
                 f"The covariate column '{name}' has no value for {int(missing.sum())} "
-                f"sample(s): {_few(frame.index[missing.to_numpy()])}. Every covariate needs a "
+                f"sample(s): {few_ids(frame.index[missing.to_numpy()])}. Every covariate needs a "
                 "value for every sample: fill them in (a category such as 'not provided' is "
                 "a category like any other), or leave those samples out.")
 

@@ -60,8 +60,9 @@ def predict_intervals(bundle, data, level, batch_size=64, device="auto", covaria
     return predicted, np.minimum(lower, predicted), np.maximum(upper, predicted)
 
 
-def check_intervals(bundle):
-    """ValueError unless `bundle` is a regressor that predicts a distribution."""
+def check_intervals(bundle, level=None):
+    """ValueError unless `bundle` is a regressor that predicts a distribution
+    (and, given a `level`, one its intervals can reach)."""
     if bundle.task != "regressor":
         raise ValueError(f"Prediction intervals come from a regressor; this model is a "
                          f"{bundle.task}.")
@@ -72,6 +73,8 @@ def check_intervals(bundle):
             f"value, so it cannot give prediction intervals. Intervals need a regressor "
             f"fitted with regression_loss {' or '.join(map(repr, INTERVAL_LOSSES))}: fit one "
             f"with, e.g., --p-regression-loss quantile.")
+    if level is not None:
+        TargetCodec.from_info(bundle.task, bundle.info).check_level(level)
 
 
 def embed(bundle, data, batch_size=64, device="auto", covariates=None):

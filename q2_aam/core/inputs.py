@@ -133,7 +133,7 @@ def check_classes(labels, validation_fraction):
             "validation split. Remove or merge them, or set validation_fraction to 0.")
 
 
-def check_split_size(n_samples, batch_size, validation_fraction):
+def check_split_size(n_samples, validation_fraction):
     """Enough samples for training (2) and, with validation, for validation (2)."""
     n_val = int(round(validation_fraction * n_samples))
     n_train = n_samples - n_val

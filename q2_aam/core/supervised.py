@@ -91,8 +91,9 @@ def fit(data, targets, task, model_cfg: ModelConfig, train_cfg: TrainConfig, enc
 def fit_covariates(frame, data, train_idx, model_cfg, info):
     """The covariates' codec from the training split `train_idx`, recorded in
     `info`: returns the ModelConfig sized for them and `data` carrying them."""
-    codec = CovariateCodec.from_frame(aligned(frame, data.sample_ids), train_idx)
-    values, _ = codec.encode(aligned(frame, data.sample_ids))
+    frame = aligned(frame, data.sample_ids)
+    codec = CovariateCodec.from_frame(frame, train_idx)
+    values, _ = codec.encode(frame)
     info.update(codec.to_info())
     return replace(model_cfg, **codec.model_choices()), data.replace(covariates=values)
 

@@ -157,6 +157,14 @@ class TargetCodec:
         probability first mapped through the calibration (when there is one),
         from the predicted distribution: the bins' piecewise-linear CDF (as the
         binned median) or the predicted quantiles, interpolated linearly."""
+        self.check_level(level)
+        low, high = (1 - level) / 2, (1 + level) / 2
+        if self.calibration is not None:
+            low, high = np.interp([low, high], CALIBRATION_GRID, self.calibration)
+        return self.quantile_function(raw, low), self.quantile_function(raw, high)
+
+    def check_level(self, level):
+        """ValueError unless this regressor's intervals can reach `level`."""
         if not 0 < level < 1:
             raise ValueError(f"An interval's level is a probability strictly between 0 and 1; "
                              f"got {level!r}.")
@@ -167,10 +175,6 @@ class TargetCodec:
                     f"This regressor predicts the quantiles {levels[0]:g} to {levels[-1]:g} of "
                     f"its target, so its intervals reach a level of at most "
                     f"{levels[-1] - levels[0]:g}; got {level:g}. Choose a lower level.")
-        low, high = (1 - level) / 2, (1 + level) / 2
-        if self.calibration is not None:
-            low, high = np.interp([low, high], CALIBRATION_GRID, self.calibration)
-        return self.quantile_function(raw, low), self.quantile_function(raw, high)
 
     def quantile_function(self, raw, q):
         """Each row's predicted `q` quantile in original units (cdf's inverse).
