@@ -47,11 +47,13 @@ def is_main():
     return rank() == 0
 
 
-def check_batch_size(batch_size):
-    """Refuse ranks that would never get a sample of a full batch."""
-    if batch_size < world_size():
+def check_batch_size(batch_size, n_processes=None):
+    """Refuse ranks that would never get a sample of a full batch (`n_processes`:
+    this group's size, or the size of one about to be started)."""
+    n_processes = world_size() if n_processes is None else n_processes
+    if batch_size < n_processes:
         raise ValueError(f"batch_size ({batch_size}) is smaller than the number of processes "
-                         f"({world_size()}): some ranks would have no samples. batch_size is "
+                         f"({n_processes}): some ranks would have no samples. batch_size is "
                          "the global batch, shared by all processes; raise it to at least the "
                          "number of processes, or use fewer processes.")
 
@@ -244,11 +246,7 @@ def train_distributed(function, n_processes, *args, **kwargs):
         return function(*args, **kwargs)
     kwargs.pop("log", None)
     cfg = _train_config(args, kwargs)
-    if cfg.batch_size < n_processes:
-        raise ValueError(f"batch_size ({cfg.batch_size}) is smaller than the number of "
-                         f"processes ({n_processes}): some would have no samples. batch_size "
-                         "is the global batch, shared by all processes; raise it or use "
-                         "fewer processes.")
+    check_batch_size(cfg.batch_size, n_processes)     # before any process starts
     backend, threads = _local_backend(cfg, n_processes)
     import tempfile
     with tempfile.TemporaryDirectory(prefix="q2-aam-ddp-") as scratch:
