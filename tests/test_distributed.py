@@ -86,14 +86,13 @@ def one_step(case):
 
 def _worker(rank, world, store, job, args, out_path):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank,
-                            world_size=world)
+    distributed.join_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
         result = job(*args)
         if rank == 0:
             torch.save(result, out_path)
     finally:
-        dist.destroy_process_group()
+        distributed.leave_group()
 
 
 def run_ranks(tmp_path, world, job, *args):
@@ -269,8 +268,8 @@ def test_more_processes_than_samples_per_batch_are_refused(tmp_path):
 def _refusing_rank(rank, world, store):
     from q2_aam.core.pretrain import pretrain
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    distributed.join_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
         pretrain(tiny_data(12)[0], ModelConfig(**TINY), short_config(batch_size=2), log=quiet)
     finally:
-        dist.destroy_process_group()
+        distributed.leave_group()

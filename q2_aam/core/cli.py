@@ -28,7 +28,6 @@ import os
 import shutil
 import sys
 import tempfile
-from datetime import timedelta
 
 from .config import (OPTIMIZERS, REGRESSION_LOSS_CHOICES, SCHEDULERS, ModelConfig,
                      TrainConfig)
@@ -325,7 +324,6 @@ def process_group(train_cfg):
     backend chosen as train_distributed chooses it (NCCL with one GPU per local
     process, else gloo). Threads per process: torchrun's OMP_NUM_THREADS."""
     import torch
-    import torch.distributed as dist
     from . import distributed
     if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
         yield
@@ -334,12 +332,11 @@ def process_group(train_cfg):
     backend, _ = distributed._local_backend(train_cfg, local_processes)
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    dist.init_process_group(backend, init_method="env://",
-                            timeout=timedelta(seconds=distributed.COLLECTIVE_TIMEOUT_S))
+    distributed.join_group(backend, init_method="env://")
     try:
         yield
     finally:
-        dist.destroy_process_group()
+        distributed.leave_group()
 
 
 def check_output(path):
