@@ -13,6 +13,15 @@ encoder is pretrained on the whole training part without labels; each labeled
 subset is a seeded draw from the training part; everything is scored on the
 same held-out 20%. The fits use the plugin's fit defaults (TrainConfig.preset
 ('fit')) with the neighbour look-up off. Only the core's public API is used.
+
+Choosing a setting never looks at the held-out part: `--selection 400` scores
+on 400 seeded training-part samples instead (labeled subsets are then drawn
+from the rest of the training part), and `--fit-settings` changes the fits'
+TrainConfig (its runs are named after it), for example
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/label_efficiency.py --selection 400 \
+        --sizes 50,100,400 --models forest,frozen --skip-cross-sectional \
+        --fit-settings min_epoch_steps=0 --out bench/out/selection.json
 """
 import argparse
 import json
@@ -77,6 +86,14 @@ def encoder_for(oral_data, train_ids, args):
                      "val_unifrac_r2": float(best["val/unifrac_r2"])}
 
 
+def selection_split(train_ids, size, seed):
+    """(labeled pool, selection samples): `size` seeded training-part samples
+    kept aside for choosing settings, and the rest."""
+    chosen = set(np.random.default_rng([seed, 7]).choice(len(train_ids), size, replace=False))
+    return ([s for i, s in enumerate(train_ids) if i not in chosen],
+            [s for i, s in enumerate(train_ids) if i in chosen])
+
+
 def labeled_subset(train_ids, size, seed):
     if size >= len(train_ids):
         return list(train_ids)
@@ -106,11 +123,21 @@ def aam_fit(oral_data, encoder, task, mode, train_ids, test_ids, seed, args):
     epochs = args.finetune_epochs if mode == "finetuned" else 100
     bundle = fit(data, target[data.sample_ids].to_numpy(), TASKS[task],
                  ModelConfig.preset("fit"),
-                 TrainConfig.preset("fit", epochs=epochs, random_seed=seed),
+                 TrainConfig.preset("fit", epochs=epochs, random_seed=seed,
+                                    **fit_settings(args.fit_settings)),
                  encoder=encoder, freeze_encoder=mode == "frozen", lookup_neighbours=0)
     test = oral_data.sample_set(test_ids, encoder.model_config)
     predicted, _ = predict(bundle, test)
     return pd.Series(predicted, index=test.sample_ids)[list(test_ids)].to_numpy()
+
+
+def fit_settings(text):
+    """'name=value,...' -> TrainConfig overrides (numbers parsed as such)."""
+    settings = {}
+    for item in filter(None, text.split(",")):
+        name, value = item.split("=")
+        settings[name] = json.loads(value) if value[:1].isdigit() or value[:1] == "-" else value
+    return settings
 
 
 _EMBEDDINGS = {}
@@ -205,7 +232,7 @@ def summarize(path):
     sizes = sorted(labels["size"].unique(), key=lambda s: (s == "all", int(s) if s != "all"
                                                            else 0))
     for size in sizes:
-        for model in ("forest", "probe", "frozen", "finetuned"):
+        for model in dict.fromkeys(labels["model"]):     # in the order they ran
             age = labels[(labels["size"] == size) & (labels["model"] == model)
                          & (labels["task"] == "age")]
             study = labels[(labels["size"] == size) & (labels["model"] == model)
@@ -247,6 +274,10 @@ def main():
     parser.add_argument("--encoder-dir", default="bench/out/label-efficiency-encoder")
     parser.add_argument("--out", default="bench/out/label_efficiency.json")
     parser.add_argument("--summarize", metavar="JSON", help="print the tables of a finished run")
+    parser.add_argument("--selection", type=int, default=0,
+                        help="score on this many training-part samples, not the held-out part")
+    parser.add_argument("--fit-settings", default="",
+                        help="TrainConfig overrides of the q2-aam fits, name=value,...")
     args = parser.parse_args()
     if args.summarize:
         summarize(args.summarize)
@@ -262,6 +293,8 @@ def main():
     train_ids = [oral_data.ids[i] for i in train_idx]
     test_ids = [oral_data.ids[i] for i in test_idx]
     encoder, results["pretrain"] = encoder_for(oral_data, train_ids, args)
+    if args.selection:
+        train_ids, test_ids = selection_split(train_ids, args.selection, args.split_seed)
     print("pretrain", results["pretrain"], flush=True)
     finetune_sizes = set(args.finetune_sizes.split(","))
     for size in args.sizes.split(","):
@@ -283,7 +316,9 @@ def main():
                             predicted = aam_fit(oral_data, encoder, task, model, subset,
                                                 test_ids, seed, args)
                         return score(task, true, predicted)
-                    run(f"{task}/{size}/{model}/seed{seed}", results, args, job)
+                    name = model + (f"[{args.fit_settings}]" if args.fit_settings
+                                    and model in ("frozen", "finetuned") else "")
+                    run(f"{task}/{size}/{name}/seed{seed}", results, args, job)
     if not args.skip_cross_sectional:
         cross_sectional(oral_data, encoder, results, args)
     write(results, args.out)

@@ -67,6 +67,11 @@ def metadata_factory():
     return to_artifacts(simulated())[3]
 
 
+def site_factory():
+    import qiime2
+    return qiime2.Metadata(simulated().metadata[["site"]])
+
+
 @functools.lru_cache(maxsize=None)
 def trained_model(task, regression_loss="mse"):
     """An AAMModel artifact of `task` ('encoder', 'regressor' or 'classifier'),
@@ -193,6 +198,12 @@ def fit_regressor_ensemble_example(use):
     # The binned loss and an ensemble: slower, and on large real data more accurate.
     _fit(use, "regressor", "age", name="ensemble_regressor", regression_loss="binned",
          ensemble_size=2)
+
+
+def fit_regressor_covariates_example(use):
+    # The site each sample came from conditions the model; predict then needs it too.
+    covariates = use.init_metadata("site_covariate", site_factory)
+    _fit(use, "regressor", "age", name="site_conditioned_regressor", covariates=covariates)
 
 
 def fit_classifier_example(use):

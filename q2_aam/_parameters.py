@@ -70,7 +70,8 @@ PARAMETERS = {
     # -- training run (TrainConfig) --
     "batch_size": _train(Int % Range(2, None),
                          "Samples per batch (at least 2: the UniFrac loss compares pairs)."),
-    "epochs": _train(Int % Range(1, None), "Maximum passes over the training samples."),
+    "epochs": _train(Int % Range(1, None), "Maximum epochs: an epoch is a pass over the training samples "
+                     "(several passes when min_epoch_steps asks for more steps)."),
     "learning_rate": _train(Float % Range(0, None, inclusive_start=False),
                             "Peak learning rate of the schedule. Its best value depends on the "
                             "optimizer, the batch size and the model: `qiime aam "
@@ -103,6 +104,12 @@ PARAMETERS = {
     "patience": _train(Int % Range(1, None),
                        "Stop when the validation loss has not improved for this many epochs; "
                        "the best epoch's weights are kept."),
+    "min_epoch_steps": _train(Int % Range(0, None),
+                              "With few training samples an epoch is several passes over "
+                              "them, each shuffled anew: as many as make at least this many "
+                              "optimizer steps, so that epochs, patience and the learning-rate "
+                              "schedule give a small fit time to learn. 0: an epoch is always "
+                              "one pass."),
     "validation_fraction": _train(Float % Range(0, 1),
                                   "Fraction of samples held out, seeded by random_state, for "
                                   "early stopping and the reported validation metrics. 0 "
@@ -236,7 +243,7 @@ PARAMETERS = {
 
 ARCHITECTURE = ("embedding_dim", "attention_heads", "attention_layers", "max_bp", "asv_limit")
 TRAINING = ("batch_size", "epochs", "learning_rate", "weight_decay", "optimizer", "scheduler",
-            "warmup", "patience", "validation_fraction", "max_grad_norm",
+            "warmup", "patience", "min_epoch_steps", "validation_fraction", "max_grad_norm",
             "gradient_accumulation_steps", "nuc_mask_ratio", "nuc_penalty", "unifrac_penalty",
             "zero_distance_weight", "unifrac_metric", "device", "random_state", "n_jobs",
             "n_devices")

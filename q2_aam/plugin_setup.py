@@ -153,7 +153,8 @@ plugin.methods.register_function(
                  "come back in the column's units. " + TENSORBOARD_NOTE),
     citations=FIT_CITATIONS,
     examples={"fit_regressor": _examples.fit_regressor_example,
-              "fit_regressor_ensemble": _examples.fit_regressor_ensemble_example},
+              "fit_regressor_ensemble": _examples.fit_regressor_ensemble_example,
+              "fit_regressor_covariates": _examples.fit_regressor_covariates_example},
 )
 plugin.methods.register_function(
     function=fit_classifier,

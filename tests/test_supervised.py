@@ -626,7 +626,8 @@ def test_fit_regressor_cli_names_missing_samples_and_writes_nothing(small, tmp_p
 
 @pytest.mark.parametrize("kind, action, outputs", [
     ("methods", "fit_regressor", {"regressor": "AAMModel[Regressor]",
-                                  "ensemble_regressor": "AAMModel[Regressor]"}),
+                                  "ensemble_regressor": "AAMModel[Regressor]",
+                                  "site_conditioned_regressor": "AAMModel[Regressor]"}),
     ("methods", "fit_classifier", {"classifier": "AAMModel[Classifier]"}),
     ("methods", "predict", {"predictions": "SampleData[RegressorPredictions]"}),
     ("methods", "predict_probabilities", {"probabilities": "SampleData[Probabilities]"}),

@@ -5,6 +5,7 @@ and the learning-rate range test works in the core and as the find-learning-rate
 visualizer (its page opened in headless Chromium)."""
 import math
 import os
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -19,7 +20,7 @@ from q2_aam.core.losses import LossFunction
 from q2_aam.core.lr_finder import lr_range_test, steps_skipped, suggest_learning_rate
 from q2_aam.core.model import AAMModel
 from q2_aam.core.optim import Lion, make_optimizer, make_scheduler
-from q2_aam.core.train import run_epoch_losses, train
+from q2_aam.core.train import epoch_batches, run_epoch_losses, train
 
 
 CPU = torch.device("cpu")
@@ -260,6 +261,31 @@ def test_accumulation_steps_the_schedule_once_per_optimizer_step(data, counted_s
         history["learning_rate"],
         epoch_start_rates(lambda step: constant_by_hand(step, warmup_steps),
                           LEARNING_RATES["adamw"], steps_per_epoch, epochs=3), rtol=1e-6)
+
+
+def test_few_samples_make_an_epoch_of_several_shuffled_passes():
+    indices = np.arange(10, 55)                     # 45 samples in batches of 32: 2 per pass
+    cfg = TrainConfig(batch_size=32, min_epoch_steps=7)
+    batches = epoch_batches(indices, cfg, np.random.default_rng(0))
+    assert len(batches) == 8                        # 4 passes: the first to reach 7 steps
+    passes = [np.concatenate(batches[i:i + 2]) for i in range(0, 8, 2)]
+    for done in passes:
+        assert sorted(done) == list(indices)        # each pass holds every sample once
+    assert len({tuple(done) for done in passes}) == 4    # each shuffled anew
+    # counted in optimizer steps: 2 batches per step need 7 x 2 batches
+    assert len(epoch_batches(indices, replace(cfg, gradient_accumulation_steps=2))) == 14
+    # enough samples (or 0): one pass, as without the setting
+    assert len(epoch_batches(indices, replace(cfg, min_epoch_steps=2))) == 2
+    assert len(epoch_batches(indices, replace(cfg, min_epoch_steps=0))) == 2
+
+
+def test_min_epoch_steps_sets_the_optimizer_steps_and_schedule(data, counted_steps):
+    # 32 samples in batches of 8: 4 steps a pass; 10 steps an epoch need 3 passes.
+    history, _, _ = train_tiny(data, epochs=2, min_epoch_steps=10, scheduler="constant",
+                               learning_rate=LEARNING_RATES["adamw"])
+    assert counted_steps["optimizer"] == counted_steps["schedule"] == 2 * 12
+    assert counted_steps["planned"] == 2 * 12
+    assert list(history["epoch"]) == [1, 2]
 
 
 # --- refused values -------------------------------------------------------------------

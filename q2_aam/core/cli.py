@@ -41,7 +41,7 @@ ARCHITECTURE = ("embedding_dim", "attention_heads", "attention_layers", "max_bp"
 MODEL_OPTIONS = {"pretrain": ARCHITECTURE,
                  "fit": ("kmer_size", "ensemble_size", *ARCHITECTURE)}
 TRAINING = ("batch_size", "epochs", "learning_rate", "weight_decay", "optimizer", "scheduler",
-            "warmup", "patience", "validation_fraction", "max_grad_norm",
+            "warmup", "patience", "min_epoch_steps", "validation_fraction", "max_grad_norm",
             "gradient_accumulation_steps", "nuc_mask_ratio", "nuc_penalty", "unifrac_penalty",
             "zero_distance_weight", "device", "random_seed", "tensorboard_dir")
 TRAIN_OPTIONS = {"pretrain": TRAINING,

@@ -101,6 +101,9 @@ class TrainConfig:
     scheduler: str = "warmup_cosine"
     warmup: float = 0.05          # fraction of all optimizer steps
     patience: int = 10
+    # With few samples a pass over them is a step or two, so an epoch repeats
+    # passes until it makes this many optimizer steps (train.epoch_batches).
+    min_epoch_steps: int = 0
     validation_fraction: float = 0.1
     max_grad_norm: float = 1.0
     gradient_accumulation_steps: int = 1
@@ -134,6 +137,7 @@ class TrainConfig:
             ("scheduler", self.scheduler in SCHEDULERS, _one_of(SCHEDULERS)),
             ("warmup", 0 <= self.warmup < 1, "in [0, 1): a fraction of the run"),
             ("patience", self.patience >= 1, "at least 1"),
+            ("min_epoch_steps", self.min_epoch_steps >= 0, "non-negative"),
             ("validation_fraction", 0 <= self.validation_fraction < 1, "in [0, 1)"),
             ("max_grad_norm", self.max_grad_norm > 0, "positive"),
             ("gradient_accumulation_steps", self.gradient_accumulation_steps >= 1, "at least 1"),

@@ -180,9 +180,22 @@ class EventWriters:
         return read_files(self.scratch)
 
 
+def epoch_batches(indices, cfg, rng=None):
+    """The training batches of one epoch: one pass over `indices` (shuffled by
+    `rng`), or, when a pass makes fewer than cfg.min_epoch_steps optimizer
+    steps, as many passes as reach that, each shuffled anew. A fit on a few
+    dozen samples would otherwise spend its patience, and its whole learning
+    rate schedule, in a few dozen steps."""
+    per_pass = len(batch_indices(indices, cfg.batch_size))
+    needed = cfg.min_epoch_steps * cfg.gradient_accumulation_steps
+    passes = max(1, math.ceil(needed / per_pass))
+    return [batch for _ in range(passes) for batch in batch_indices(indices, cfg.batch_size, rng)]
+
+
 def run_epoch_losses(model, data, indices, loss_fn, cfg, device, rng, optimizer=None,
                      schedule=None, progress=None, epoch=0):
-    """One pass over `indices`; trains when an optimizer (and its schedule) is given.
+    """One epoch over `indices` (epoch_batches); trains when an optimizer (and its
+    schedule) is given, else validates in one pass.
 
     Data-parallel, `model` is the DistributedDataParallel module when training.
 
@@ -190,7 +203,8 @@ def run_epoch_losses(model, data, indices, loss_fn, cfg, device, rng, optimizer=
     """
     training = optimizer is not None
     model.train(training)
-    batches = batch_indices(indices, cfg.batch_size, rng if training else None)
+    batches = (epoch_batches(indices, cfg, rng) if training
+               else batch_indices(indices, cfg.batch_size))
     sums, n_seen = {}, 0
     first_bad_step = torch.tensor(-1, device=device)
     accum = cfg.gradient_accumulation_steps
@@ -301,7 +315,7 @@ def train(model, data, train_idx, val_idx, loss_fn, cfg: TrainConfig, evaluate=N
     device = resolve_device(cfg.device)
     model.to(device)
     optimizer = make_optimizer(model, cfg)
-    steps_per_epoch = len(batch_indices(train_idx, cfg.batch_size))
+    steps_per_epoch = len(epoch_batches(train_idx, cfg))
     schedule = make_scheduler(optimizer, cfg, cfg.epochs * math.ceil(
         steps_per_epoch / cfg.gradient_accumulation_steps))
     monitor = "val/loss" if len(val_idx) >= 2 else "train/loss"
@@ -344,8 +358,11 @@ def train(model, data, train_idx, val_idx, loss_fn, cfg: TrainConfig, evaluate=N
 def _log_start(log, device, cfg, train_idx, val_idx, steps_per_epoch, monitor):
     where = (f"{distributed.world_size()} processes ({device} each)" if distributed.active()
              else str(device))
+    passes = steps_per_epoch // len(batch_indices(train_idx, cfg.batch_size))
+    per_epoch = f"{steps_per_epoch} batches per epoch" + (
+        f" ({passes} passes over the training samples: min_epoch_steps)" if passes > 1 else "")
     log(f"Training on {where} ({len(train_idx)} training, {len(val_idx)} validation samples, "
-        f"{steps_per_epoch} steps per epoch, up to {cfg.epochs} epochs) with {cfg.optimizer} "
+        f"{per_epoch}, up to {cfg.epochs} epochs) with {cfg.optimizer} "
         f"and the {cfg.scheduler} schedule; early stopping on {monitor} with patience "
         f"{cfg.patience}.")
 
