@@ -217,9 +217,12 @@ PARAMETERS = {
                            "(NCCL): one GPU each, so at most as many as torch sees. The model "
                            "is the same kind as a one-device run's with the same settings: "
                            "each step's gradient is the one-device gradient up to "
-                           "floating-point rounding. In a fit, ensemble members still train "
-                           "one after the other, each on all the devices. 1: train in this "
-                           "process.",
+                           "floating-point rounding. In a fit with ensemble_size of 2 or "
+                           "more, the members are dealt out instead: each device trains "
+                           "whole members by itself, side by side with the others (with 2 "
+                           "devices, members 1, 3, 5... on the first and 2, 4, 6... on the "
+                           "second), and they are the members one device would train; "
+                           "devices left without a member wait. 1: train in this process.",
                            "action", 1),
     "test_size": Parameter(Float % Range(0, 1, inclusive_start=False),
                            "Fraction of samples held out as the test part (seeded by "

@@ -273,3 +273,145 @@ def _refusing_rank(rank, world, store):
         pretrain(tiny_data(12)[0], ModelConfig(**TINY), short_config(batch_size=2), log=quiet)
     finally:
         distributed.leave_group()
+
+
+# --- ensembles, the ASV embedding pass and gradient accumulation ----------------
+
+@pytest.fixture
+def one_thread():
+    """Members trained alone on a rank are compared bit for bit with one process:
+    the same thread count in both (train_distributed gives each worker its share)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_encoder():
+    from q2_aam.core.pretrain import pretrain
+    return pretrain(tiny_data(24)[0], ModelConfig(**TINY), short_config(epochs=1), log=quiet)
+
+
+@pytest.mark.parametrize("n_members, frozen", [(2, False), (3, True)])
+def test_ensemble_members_train_one_per_rank_as_in_one_process(one_thread, capfd, tmp_path,
+                                                                n_members, frozen):
+    from q2_aam.core.bundle import ModelBundle
+    from q2_aam.core.supervised import fit
+    data, sim = tiny_data(24)
+    ages = sim.metadata["age"].to_numpy()
+    model_cfg = ModelConfig(**TINY, ensemble_size=n_members)
+    transfer = dict(encoder=tiny_encoder(), freeze_encoder=True) if frozen else {}
+    single = fit(tiny_data(24)[0], ages, "regressor", model_cfg, short_config(epochs=3),
+                 log=quiet, **transfer)
+    single.save(str(tmp_path / "single"))      # as train_distributed returns rank 0's model
+    single = ModelBundle.load(str(tmp_path / "single"))
+    capfd.readouterr()
+    parallel = distributed.train_distributed(fit, 2, data, ages, "regressor", model_cfg,
+                                             short_config(epochs=3), **transfer)
+    logged = capfd.readouterr().err
+    # Each member trained alone, as in one process: the very same weights.
+    assert single.state_dict.keys() == parallel.state_dict.keys()
+    for name, value in single.state_dict.items():
+        assert torch.equal(parallel.state_dict[name], value), name
+    columns = [c for c in single.history.columns if c != "seconds"]
+    assert single.history[columns].equals(parallel.history[columns])
+    assert single.validation.equals(parallel.validation)
+    assert parallel.info["best_epoch"] == single.info["best_epoch"]
+    # Dealt out, member k to process k % 2 (TensorBoard names its files by process ID)...
+    writers = {name.split("/")[0]: name.split(".")[-2] for name in parallel.event_files}
+    assert sorted(writers) == sorted(name.split("/")[0] for name in single.event_files)
+    assert len({writers["member1"], writers["member2"]}) == 2
+    if n_members == 3:
+        assert writers["member3"] == writers["member1"]
+    # ... and process 1 trains silently.
+    plan = "process 0: member 1, 3; process 1: member 2" if n_members == 3 else \
+        "process 0: member 1; process 1: member 2"
+    assert plan in logged
+    assert "Ensemble member 1 of" in logged and "Ensemble member 2 of" not in logged
+
+
+def _impatient_worker(rank, world, store, out_path):
+    """A rank whose default group gives up on a collective after 1 s; rank 1
+    comes to the gather 3 s late (a member that trains long)."""
+    import time
+    torch.set_num_threads(1)
+    distributed.COLLECTIVE_TIMEOUT_S = 1
+    distributed.join_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        with distributed.patient_group() as group:
+            if rank == 1:
+                time.sleep(3)
+            gathered = distributed.gather_dealt({rank: f"rank {rank}"}, group)
+        if rank == 0:
+            torch.save(gathered, out_path)
+    finally:
+        distributed.leave_group()
+
+
+def test_ranks_wait_for_each_others_members_past_the_collective_timeout(tmp_path):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    out_path = str(tmp_path / "rank0.pt")
+    mp.spawn(_impatient_worker, args=(2, str(tmp_path / "store"), out_path), nprocs=2)
+    assert torch.load(out_path) == {0: "rank 0", 1: "rank 1"}
+
+
+def _embed_table(chunk):
+    from q2_aam.core.transfer import embed_all_asvs
+    data, _ = tiny_data()
+    torch.manual_seed(0)
+    model = AAMModel(ModelConfig(**TINY))
+    embedded = []
+    encode = model.encode_asvs
+
+    def counting(tokens):
+        embedded.append(len(tokens))
+        return encode(tokens)
+    model.encode_asvs = counting
+    return embed_all_asvs(model, data, CPU, chunk=chunk), sum(embedded)
+
+
+def test_the_asv_embedding_pass_is_shared_by_the_ranks(tmp_path):
+    single, n_asvs = _embed_table(4)
+    parallel, rank0_embedded = run_ranks(tmp_path, 2, _embed_table, 4)
+    assert n_asvs == 20 and rank0_embedded == 12        # chunks of 4: 3 on rank 0, 2 on rank 1
+    assert torch.equal(parallel, single)                # every chunk computed as in one process
+    torch.testing.assert_close(parallel, _embed_table(512)[0], rtol=RTOL, atol=ATOL)
+
+
+def _accumulated_training(accumulation_steps):
+    """Parameters after one epoch of 16 samples in batches of 4, and how often
+    the ranks all-reduced gradients."""
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+    from q2_aam.core.train import train
+    data, _ = tiny_data(24)
+    torch.manual_seed(0)
+    model = AAMModel(ModelConfig(**TINY, faith_pd=True))
+    syncs, wrap = [], distributed.wrap
+
+    def counting_wrap(module, device):
+        wrapped = wrap(module, device)
+
+        def hook(state, bucket):
+            syncs.append(bucket.index() == 0)
+            return allreduce_hook(None, bucket)
+        if distributed.active():
+            wrapped.register_comm_hook(None, hook)
+        return wrapped
+    distributed.wrap = counting_wrap
+    try:
+        cfg = short_config(epochs=1, batch_size=4, optimizer="sgd", learning_rate=0.05,
+                           scheduler="constant", warmup=0.0,
+                           gradient_accumulation_steps=accumulation_steps)
+        train(model, data, np.arange(16), np.arange(16, 24), LossFunction("encoder"), cfg,
+              log=quiet)
+    finally:
+        distributed.wrap = wrap
+    return {name: p.detach().clone() for name, p in model.named_parameters()}, sum(syncs)
+
+
+def test_accumulated_gradients_are_all_reduced_once_per_optimizer_step(tmp_path):
+    single, _ = _accumulated_training(2)
+    parallel, syncs = run_ranks(tmp_path, 2, _accumulated_training, 2)
+    assert syncs == 2                       # 4 batches, 2 optimizer steps
+    for name, value in single.items():
+        torch.testing.assert_close(parallel[name], value, rtol=RTOL, atol=ATOL, msg=name)

@@ -17,21 +17,48 @@ For the UniFrac term every rank holds the whole term; the gather's backward
 sums the W ranks' identical gradients, and DDP's average brings it back to one.
 
 Outside an initialized process group everything here is the identity: one
-process trains exactly as before.
+process trains exactly as before. So it is inside `alone()`, where each rank
+trains something of its own (an ensemble's members, dealt out one per rank).
 """
+import contextlib
 import inspect
 import os
 import warnings
 from dataclasses import dataclass, replace
+from datetime import timedelta
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 
+# Set inside alone(): this process then trains as if it were the only one.
+_alone = False
+
+
 def active():
-    """True inside an initialized process group of more than one rank."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    """True inside an initialized process group of more than one rank (and not alone())."""
+    return (not _alone and dist.is_available() and dist.is_initialized()
+            and dist.get_world_size() > 1)
+
+
+@contextlib.contextmanager
+def alone():
+    """Within: this process trains by itself, on its own device, as one process
+    does (active() is False, rank 0 of 1): no DDP, no sharded batches, no
+    collectives. Everything it writes is its own, so it writes files (is_main)."""
+    global _alone
+    previous, _alone = _alone, True
+    try:
+        yield
+    finally:
+        _alone = previous
+
+
+def dealt(n_items):
+    """The items of range(n_items) this rank takes when they are dealt out:
+    item k to rank k % world_size (all of them in one process)."""
+    return list(range(rank(), n_items, world_size()))
 
 
 def rank():
@@ -181,6 +208,30 @@ def same_on_all_ranks(value):
     return box[0]
 
 
+# How long the ranks of a patient_group wait for each other: the work each does
+# alone (an ensemble member's training) may take hours, where a collective of
+# the default group gives up after COLLECTIVE_TIMEOUT_S. A rank that raises or
+# dies still ends the run at once (run_local; torchrun stops the others too).
+PATIENT_TIMEOUT_S = 7 * 24 * 3600
+
+
+@contextlib.contextmanager
+def patient_group():
+    """A group of every rank whose collectives wait up to PATIENT_TIMEOUT_S: for
+    gathering what ranks did alone. Every rank enters it before that work."""
+    group = dist.new_group(timeout=timedelta(seconds=PATIENT_TIMEOUT_S))
+    yield group
+    dist.destroy_process_group(group)
+
+
+def gather_dealt(mine, group=None):
+    """Every rank's dict {item: value} (picklable values, on the CPU) merged, on
+    every rank."""
+    parts = [None] * world_size()
+    dist.all_gather_object(parts, mine, group=group)
+    return {item: value for part in parts for item, value in part.items()}
+
+
 def gather_outputs(outputs):
     """Concatenate every rank's dict of numpy arrays in rank order."""
     if not active():
@@ -299,7 +350,6 @@ def join_group(backend, **init):
     that then refuses its input (and exits) cannot break a peer's connecting,
     so every rank fails with the same, first, error.
     """
-    from datetime import timedelta
     dist.init_process_group(backend, timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_S), **init)
     dist.barrier()
 
@@ -340,8 +390,8 @@ def _local_backend(cfg, n_processes):
     return "gloo", max(1, torch.get_num_threads() // n_processes)
 
 
-__all__ = ["active", "rank", "world_size", "is_main", "check_batch_size", "Shard",
-           "shard_batch", "gather_rows", "sum_over_ranks", "first_bad_step",
-           "same_on_all_ranks", "gather_outputs", "wrap", "train_distributed", "run_local",
-           "join_group", "leave_group",
+__all__ = ["active", "alone", "dealt", "rank", "world_size", "is_main", "check_batch_size",
+           "Shard", "shard_batch", "gather_rows", "sum_over_ranks", "first_bad_step",
+           "same_on_all_ranks", "patient_group", "gather_dealt", "gather_outputs", "wrap",
+           "train_distributed", "run_local", "join_group", "leave_group",
            "DistributedTrainingError"]

@@ -1,11 +1,13 @@
 """Supervised fits (regression, classification): one model, or an ensemble of
-members fitted one after the other, from scratch or from a pretrained encoder.
+members fitted one after the other (side by side, one per rank, in a process
+group), from scratch or from a pretrained encoder.
 
 The pieces live by concern: targets.py encodes targets and decodes outputs,
 transfer.py starts a fit from an encoder, lookup.py is the regressor's optional
 neighbour look-up, inference.py answers for new samples (predict and embed are
 importable from here too).
 """
+import contextlib
 import os
 import sys
 from dataclasses import replace
@@ -14,6 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from . import distributed
 from .bundle import ModelBundle
 from .config import ModelConfig, TrainConfig
 from .covariates import CovariateCodec, aligned
@@ -45,7 +48,8 @@ def fit(data, targets, task, model_cfg: ModelConfig, train_cfg: TrainConfig, enc
     training costs only the sample level.
 
     With `model_cfg.ensemble_size` > 1 the members are fitted one after the
-    other, each with its own seed (member_seeds), validation split and early
+    other (in a process group side by side, one per rank: fit_dealt_members),
+    each with its own seed (member_seeds), validation split and early
     stopping; the first member's training split sets the target scaling (and
     bins) they share. The history and validation predictions then gain a
     'member' column (1-based) and info["best_epoch"] is a list.
@@ -64,7 +68,8 @@ def fit(data, targets, task, model_cfg: ModelConfig, train_cfg: TrainConfig, enc
     if freeze_encoder and encoder is None:
         raise ValueError("freeze_encoder needs a pretrained_encoder: a randomly initialized "
                          "encoder would stay random.")
-    log = log or (lambda message: print(message, file=sys.stderr))
+    log = (log or (lambda message: print(message, file=sys.stderr))) \
+        if distributed.is_main() else _silent
     train_cfg = replace(train_cfg, regression_loss=resolve_regression_loss(
         train_cfg.regression_loss, pretrained=encoder is not None))
     seeds = member_seeds(train_cfg.random_seed, model_cfg.ensemble_size)
@@ -171,27 +176,96 @@ def member_loss(task, train_cfg, codec, class_weights, train_codes):
 def fit_members(data, seeds, splits, model_cfg, train_cfg, transfer, codec, class_weights,
                 info, log):
     """Fit one model per seed on its split of `data` (a SampleSet whose targets
-    are encoded); returns the models and their train.TrainResults."""
+    are encoded); returns the models and their train.TrainResults.
+
+    In a process group one model trains data-parallel; an ensemble's members
+    are dealt out to the ranks instead (fit_dealt_members).
+    """
     device = resolve_device(train_cfg.device)
     evaluate = evaluate_targets(info, codec.task, train_cfg.batch_size)
-    members, results, member_data = [], [], data
-    for k, (seed, (train_idx, val_idx)) in enumerate(zip(seeds, splits)):
-        if len(seeds) > 1:
-            log(f"Ensemble member {k + 1} of {len(seeds)} (seed {seed}).")
-        torch.manual_seed(seed)
-        model = AAMModel(model_cfg)
-        if transfer is not None and not members:
-            member_data = transfer.start(model, data, device)
-        elif transfer is not None:      # the same encoder and ASVs: the first's whitening
-            transfer.start_like(model, members[0])
+    dealt = len(seeds) > 1 and distributed.active()
+    mine = distributed.dealt(len(seeds)) if dealt else range(len(seeds))
+    # The first member's start sets the ASV whitening (and a frozen fit's ASV
+    # embeddings) that every member takes: every rank makes it, as one process does.
+    first, member_data = None, data
+    if transfer is not None or 0 in mine:
+        torch.manual_seed(seeds[0])
+        first = AAMModel(model_cfg)
+        if transfer is not None:
+            member_data = transfer.start(first, data, device)
+
+    def fit_member(k, log):
+        model = first if k == 0 else _new_member(seeds[k], model_cfg, transfer, first)
         loss_fn = member_loss(codec.task, train_cfg, codec, class_weights,
-                              data.targets[train_idx])
-        member_cfg = replace(train_cfg, random_seed=seed, tensorboard_dir=_member_dir(
+                              data.targets[splits[k][0]])
+        member_cfg = replace(train_cfg, random_seed=seeds[k], tensorboard_dir=_member_dir(
             train_cfg.tensorboard_dir, k, len(seeds)))
-        results.append(train(model, member_data, train_idx, val_idx, loss_fn, member_cfg,
-                             evaluate, log))
-        members.append(model)
-    return members, results
+        return model, train(model, member_data, *splits[k], loss_fn, member_cfg, evaluate, log)
+    if dealt:
+        return fit_dealt_members(fit_member, seeds, model_cfg, device, log)
+    fitted = []
+    for k in mine:
+        if len(seeds) > 1:
+            log(f"Ensemble member {k + 1} of {len(seeds)} (seed {seeds[k]}).")
+        fitted.append(fit_member(k, log))
+    return [model for model, _ in fitted], [result for _, result in fitted]
+
+
+def _new_member(seed, model_cfg, transfer, first):
+    """A member seeded by `seed`, started from the encoder like `first` (if any)."""
+    torch.manual_seed(seed)
+    model = AAMModel(model_cfg)
+    if transfer is not None:        # the same encoder and ASVs: the first's whitening
+        transfer.start_like(model, first)
+    return model
+
+
+def fit_dealt_members(fit_member, seeds, model_cfg, device, log):
+    """An ensemble's members dealt out to the ranks of the process group: member
+    k trains on rank k % world size, alone on that rank's device (as one process
+    trains it), and every rank then holds every member's weights and TrainResult,
+    in member order. Ranks left without a member wait."""
+    rank, world, n = distributed.rank(), distributed.world_size(), len(seeds)
+    plan = "; ".join(f"process {r}: member {', '.join(str(k + 1) for k in range(r, n, world))}"
+                     for r in range(min(world, n)))
+    log(f"The {n} ensemble members train side by side, each process one at a time ({plan}).")
+    mine, trained = distributed.dealt(n), {}
+    with distributed.patient_group() as group:
+        with distributed.alone(), contextlib.nullcontext() if rank == 0 else _no_stderr():
+            for k in mine:
+                log(f"Ensemble member {k + 1} of {n} (seed {seeds[k]}) trains on process "
+                    f"{rank} ({_device_name(device)}).")
+                trained[k] = fit_member(k, log)
+        shared = distributed.gather_dealt(
+            {k: ({name: value.detach().cpu() for name, value in model.state_dict().items()},
+                 result) for k, (model, result) in trained.items()}, group)
+    members = [trained[k][0] if k in trained else _loaded(model_cfg, shared[k][0])
+               for k in range(n)]
+    return members, [shared[k][1] for k in range(n)]
+
+
+@contextlib.contextmanager
+def _no_stderr():
+    """Ranks but 0 train their members silently: alone, each is its own main
+    process, which would draw a progress bar over rank 0's."""
+    with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):
+        yield
+
+
+def _device_name(device):
+    if device.type == "cuda" and device.index is None:
+        return f"cuda:{torch.cuda.current_device()}"
+    return str(device)
+
+
+def _loaded(model_cfg, state):
+    model = AAMModel(model_cfg)
+    model.load_state_dict(state)
+    return model
+
+
+def _silent(message):
+    pass
 
 
 def evaluate_targets(info, task, batch_size):

@@ -211,17 +211,19 @@ def run_epoch_losses(model, data, indices, loss_fn, cfg, device, rng, optimizer=
     for step, idx in enumerate(batches):
         batch = data.collate(idx, cfg.nuc_mask_ratio, rng, cfg.asv_dropout if training else 0.0,
                              cfg.covariate_unknown_rate if training else 0.0)
-        with torch.set_grad_enabled(training), autocast(device):
-            losses, loss = batch_losses(model, batch, loss_fn, device)
+        optimizer_step = training and ((step + 1) % accum == 0 or step + 1 == len(batches))
+        with _local_gradients(model, training and not optimizer_step):
+            with torch.set_grad_enabled(training), autocast(device):
+                losses, loss = batch_losses(model, batch, loss_fn, device)
+            if training:
+                (loss / accum).backward()
         first_bad_step = torch.where((first_bad_step < 0) & ~torch.isfinite(loss.detach()),
                                      step, first_bad_step)
-        if training:
-            (loss / accum).backward()
-            if (step + 1) % accum == 0 or step + 1 == len(batches):
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                schedule.step_batch()       # the schedule counts optimizer steps
-                optimizer.zero_grad(set_to_none=True)
+        if optimizer_step:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            schedule.step_batch()       # the schedule counts optimizer steps
+            optimizer.zero_grad(set_to_none=True)
         for name, value in losses.items():
             sums[name] = sums.get(name, 0.0) + value.detach().float() * batch.size
         n_seen += batch.size
@@ -234,6 +236,17 @@ def run_epoch_losses(model, data, indices, loss_fn, cfg, device, rng, optimizer=
         if progress is not None:
             progress.update(1)
     return {name: value / n_seen for name, value in _summed_over_ranks(sums).items()}
+
+
+def _local_gradients(model, local):
+    """DDP's no_sync when `local` (a micro-step of gradient accumulation before
+    the optimizer step): its gradients stay on the rank and add up there, so
+    that the ranks all-reduce once per optimizer step. The forward pass must be
+    inside too: it is where DDP prepares the all-reduce."""
+    from torch.nn.parallel import DistributedDataParallel
+    if local and isinstance(model, DistributedDataParallel):
+        return model.no_sync()
+    return contextlib.nullcontext()
 
 
 def batch_losses(model, batch, loss_fn, device):

@@ -104,15 +104,25 @@ def whiten_asv_embeddings(model, data, device, ridge=WHITENING_RIDGE):
 
 @torch.no_grad()
 def embed_all_asvs(model, data, device, chunk=512):
-    """Embed every distinct ASV of `data` once (for a frozen encoder)."""
+    """Embed every distinct ASV of `data` once (for a frozen encoder), `chunk`
+    ASVs at a time; returns the table on the CPU.
+
+    In a process group every rank calls this: each embeds a contiguous share of
+    the chunks and every rank gets the whole table, each chunk computed as one
+    process computes it.
+    """
+    from . import distributed
     from .train import autocast
     model.to(device).eval()
+    starts = np.arange(0, len(data.tokens), chunk)
+    mine = np.array_split(starts, distributed.world_size())[distributed.rank()]
     parts = []
-    for start in range(0, len(data.tokens), chunk):
+    for start in mine:
         tokens = torch.from_numpy(data.tokens[start:start + chunk].astype(np.int64)).to(device)
         with autocast(device):
             parts.append(model.encode_asvs(tokens)[0].float().cpu())
-    return torch.cat(parts)
+    share = {"embeddings": torch.cat(parts).numpy()} if parts else {}
+    return torch.from_numpy(distributed.gather_outputs(share)["embeddings"])
 
 
 __all__ = ["EncoderTransfer", "transferred_config", "whiten_asv_embeddings", "embed_all_asvs",
