@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import qiime2
 import skbio
+import torch
 
 from conftest import TINY_MODEL
 from q2_aam import _parameters
@@ -103,6 +104,65 @@ def test_a_fit_is_the_qiime_actions_fit(files, tmp_path, aam, artifacts, tiny_en
     np.testing.assert_array_equal(answers[0], answers[1])
 
 
+def test_covariates_condition_a_fit_as_in_the_qiime_action(files, tmp_path, aam, artifacts):
+    # A covariates file with a numeric column read from its '#q2:types' row and a
+    # categorical one: the same model as the action's with the same Metadata.
+    table, sequences, _, metadata = artifacts
+    frame = metadata.to_dataframe()[["site"]].assign(depth=lambda f: np.arange(len(f)) % 3)
+    path = tmp_path / "covariates.tsv"
+    with open(path, "w") as fh:
+        fh.write("sample-id\tsite\tdepth\n#q2:types\tcategorical\tnumeric\n")
+        frame.to_csv(fh, sep="\t", header=False)
+    out = tmp_path / "regressor"
+    settings = dict(epochs=2, batch_size=8, device="cpu")
+    cli.main(["fit-regressor", *inputs(files, "table", "sequences", "metadata"),
+              "--column", "age", "--covariates", str(path), "--output", str(out),
+              *options(settings)])
+    artifact = qiime2.Artifact.import_data("AAMModel[Regressor]", str(out))
+    covariates = qiime2.Metadata(frame)
+    read = cli.read_covariates(str(path))
+    assert read["depth"].dtype.kind == "i" and read["site"].dtype == object
+    expected, = aam.methods.fit_regressor(
+        table=table, sequences=sequences, metadata=metadata.get_column("age"),
+        covariates=covariates, random_state=0, **settings)
+    assert artifact.view(ModelBundle).info["covariates"] == \
+        expected.view(ModelBundle).info["covariates"]
+    answers = [aam.methods.predict(model=model, table=table, sequences=sequences,
+                                   covariates=covariates,
+                                   device="cpu").predictions.view(pd.Series)
+               for model in (artifact, expected)]
+    np.testing.assert_array_equal(answers[0], answers[1])
+    refusal = run_refused(["fit-regressor", *inputs(files, "table", "sequences", "metadata"),
+                           "--column", "age", "--covariates", str(files / "metadata.tsv"),
+                           "--output", str(tmp_path / "refused"), *options(settings)])
+    assert "the column 'age' that the model is to predict" in refusal
+
+
+def test_faith_pd_from_a_file_is_the_actions_input(files, tmp_path, aam, artifacts):
+    table, sequences, distance_matrix, _ = artifacts
+    ids = table.view(pd.DataFrame).index
+    faith = pd.Series(np.linspace(2.0, 9.0, len(ids)), index=pd.Index(ids, name="sample-id"),
+                      name="faith_pd")
+    path = tmp_path / "faith.tsv"
+    faith.to_csv(path, sep="\t")
+    out = tmp_path / "encoder"
+    cli.main(["pretrain", *inputs(files, "table", "sequences", "distances"), "--faith-pd",
+              str(path), "--output", str(out), *options(SETTINGS), "--random-seed", "0"])
+    from_file = ModelBundle.load(str(out))
+    expected, = aam.methods.pretrain(
+        table=table, sequences=sequences, distance_matrix=distance_matrix, random_state=0,
+        faith_pd=qiime2.Artifact.import_data("SampleData[AlphaDiversity]", faith), **SETTINGS)
+    expected = expected.view(ModelBundle)
+    assert from_file.model_config.faith_pd and expected.model_config.faith_pd
+    assert from_file.info["faith_pd_scaling"] == expected.info["faith_pd_scaling"]
+    for name, value in expected.state_dict.items():
+        assert torch.equal(from_file.state_dict[name], value), name
+    path.write_text("sample-id\tfaith_pd\ns1\tmany\n")
+    assert "values that are not numbers: many" in run_refused(
+        ["pretrain", *inputs(files, "table", "sequences", "distances"), "--faith-pd",
+         str(path), "--output", str(tmp_path / "refused")])
+
+
 def test_a_classifier_from_the_command_line_imports(files, tmp_path, capsys):
     out = tmp_path / "classifier"
     cli.main(["fit-classifier", *inputs(files, "table", "sequences", "metadata"),
@@ -125,8 +185,8 @@ def test_options_and_defaults_are_the_qiime_actions(command, action):
     sub = parser._subparsers._group_actions[0].choices[command]
     offered = {a.dest: a.default for a in sub._actions if a.dest != "help"}
     files = {"table", "sequences", "distances", "tree", "output", "metadata", "column",
-             "encoder"}
-    # threads and processes: torchrun's; covariates: not on the command line yet (README)
+             "encoder", "covariates", "faith_pd"}
+    # threads and processes: torchrun's; covariates: a file (in `files`)
     not_in_the_cli = {"n_jobs", "n_devices", "covariates"}
     table = {(_parameters.PARAMETERS[name].field or name): value
              for name, value in _parameters.defaults(action).items()

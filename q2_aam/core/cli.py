@@ -98,12 +98,20 @@ def _add_inputs(sub, command):
     inputs.add_argument("--output", required=True,
                         help="Model directory to write (new, or an empty directory).")
     if command == "pretrain":
+        inputs.add_argument("--faith-pd", help="Faith's phylogenetic diversity of each sample, "
+                            "tab-separated: sample IDs in the first column, the values in the "
+                            "second (as `qiime tools export` writes SampleData[AlphaDiversity]); "
+                            "the encoder then also learns to predict it.")
         return
     inputs.add_argument("--metadata", required=True, help="Sample metadata, tab-separated, "
                         "sample IDs in the first column (QIIME 2 metadata).")
     inputs.add_argument("--column", required=True, help="The metadata column to predict.")
     inputs.add_argument("--encoder", help="Pretrained encoder: a model directory (`qiime "
                         "tools export` of an AAMModel[Encoder]).")
+    inputs.add_argument("--covariates", help="Sample metadata, tab-separated like --metadata, "
+                        "whose every column conditions the model (the covariates of the "
+                        "QIIME 2 action). A column is numeric when a '#q2:types' row says so, "
+                        "or, without one, when every value is a number; else categorical.")
     fit = sub.add_argument_group("fit")
     for name, kind in (("missing_samples", ("error", "ignore")),
                        ("freeze_encoder", bool),
@@ -143,7 +151,7 @@ def configs(args):
     model = {k: v for k, v in given.items() if k in ModelConfig.__dataclass_fields__}
     train = {k: v for k, v in given.items() if k in TrainConfig.__dataclass_fields__}
     if args.command == "pretrain":
-        model["task"] = "encoder"
+        model.update(task="encoder", faith_pd=args.faith_pd is not None)
     elif args.distances is None and args.tree is None:
         train["unifrac_penalty"] = 0.0         # the UniFrac loss needs distances
     return ModelConfig.preset(preset, **model), TrainConfig.preset(preset, **train)
@@ -244,20 +252,62 @@ def read_tree(path):
     return tree_from_treenode(root)
 
 
+def read_metadata(path, option):
+    """(columns as strings indexed by sample ID, NaN for an empty cell; the
+    '#q2:types' row's {column: type}, empty without one) of a QIIME 2 metadata TSV."""
+    import pandas as pd
+    _check_file(path, option)
+    frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    ids = frame.iloc[:, 0].str.strip()
+    types_row = frame[ids.str.lower() == "#q2:types"]
+    types = ({} if types_row.empty else
+             {name: value.strip().lower() for name, value in types_row.iloc[0, 1:].items()})
+    frame = frame[~ids.str.startswith("#")]           # '#q2:types' and comment rows
+    frame.index = frame.iloc[:, 0].str.strip().rename("sample-id")
+    frame = frame.iloc[:, 1:].apply(lambda column: column.str.strip())
+    return frame.where(frame != ""), types
+
+
+def read_covariates(path):
+    """The --covariates frame: numeric columns as numbers, the others as labels."""
+    import pandas as pd
+    frame, types = read_metadata(path, "--covariates")
+    for name in frame.columns:
+        numbers = pd.to_numeric(frame[name], errors="coerce")
+        typed = types.get(name)
+        all_numbers = (numbers.notna() == frame[name].notna()).all()
+        if typed == "numeric" and not all_numbers:
+            raise ValueError(f"--covariates column {name!r} is typed numeric but holds "
+                             "values that are not numbers.")
+        if typed == "numeric" or (typed is None and all_numbers):
+            frame[name] = numbers
+    return frame
+
+
+def read_alpha(path, option):
+    """A one-column TSV of per-sample values as a float Series by sample ID."""
+    import pandas as pd
+    frame, _ = read_metadata(path, option)
+    if frame.shape[1] != 1:
+        raise ValueError(f"{option} {path} should hold one column of values after the sample "
+                         f"IDs; it has {frame.shape[1]}.")
+    values = pd.to_numeric(frame.iloc[:, 0], errors="coerce")
+    bad = frame.iloc[:, 0][values.isna()]
+    if len(bad):
+        raise ValueError(f"{option} {path} holds values that are not numbers: "
+                         f"{few_ids([str(v) for v in bad.tolist()])}.")
+    return values
+
+
 def read_metadata_column(path, column, task):
     """The metadata `column` as a Series indexed by sample ID (NaN: no value):
     numbers for a regressor, labels for a classifier."""
     import pandas as pd
-    _check_file(path, "--metadata")
-    frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
-    ids = frame.iloc[:, 0].str.strip()
-    frame = frame[~ids.str.startswith("#")]           # '#q2:types' and comment rows
-    frame.index = frame.iloc[:, 0].str.strip()
-    if column not in frame.columns[1:]:
+    frame, _ = read_metadata(path, "--metadata")
+    if column not in frame.columns:
         raise ValueError(f"--metadata has no column {column!r}; its columns: "
-                         f"{few_ids(list(frame.columns[1:]))}.")
-    series = frame[column].str.strip()
-    series = series.where(series != "")               # an empty cell: no value
+                         f"{few_ids(list(frame.columns))}.")
+    series = frame[column]
     if task == "regressor":
         numbers = pd.to_numeric(series, errors="coerce")
         bad = series[numbers.isna() & series.notna()]
@@ -280,16 +330,27 @@ class MetadataColumn:
 
 
 def read_sample_set(args, model_cfg, train_cfg):
-    """The SampleSet of the inputs, with its UniFrac targets, and the targets of a
-    fit; checked as the QIIME 2 actions check theirs (the same functions)."""
+    """The SampleSet of the inputs, with its UniFrac targets, and the targets and
+    covariates (None: none given) of a fit; checked as the QIIME 2 actions check
+    theirs (the same functions)."""
     # Plain numpy and scipy, no QIIME 2: the actions' own input checks.
-    from .inputs import (build_sample_set, check_classes, check_split_size,
+    from .covariates import refuse_target_column, samples_with_covariates
+    from .inputs import (attach_alpha, build_sample_set, check_classes, check_split_size,
                          sample_set_with_targets)
     table, sequences = read_table(args.table), read_fasta(args.sequences)
-    targets = None
+    targets = covariates = None
     if args.command == "pretrain":
         data = build_sample_set(table, sequences, model_cfg.max_bp, model_cfg.asv_limit)
+        if args.faith_pd is not None:
+            data.faith_pd = attach_alpha(data, read_alpha(args.faith_pd, "--faith-pd"),
+                                         "--faith-pd")
     else:
+        if args.covariates is not None:
+            covariates = read_covariates(args.covariates)
+            refuse_target_column(covariates, args.column)
+            table = table.filter(samples_with_covariates(
+                list(table.ids(axis="sample")), covariates, args.missing_samples),
+                axis="sample", inplace=False)
         column = read_metadata_column(args.metadata, args.column, COMMANDS[args.command])
         data, targets = sample_set_with_targets(table, sequences, MetadataColumn(column),
                                                 args.missing_samples, model_cfg.max_bp,
@@ -303,7 +364,7 @@ def read_sample_set(args, model_cfg, train_cfg):
         from .unifrac import TreeDistances
         data.distances = TreeDistances(read_tree(args.tree), data.feature_ids, data.counts,
                                        args.unifrac_metric)
-    return data, targets
+    return data, targets, covariates
 
 
 def _check_file(path, option):
@@ -391,8 +452,8 @@ def run(args):
         log("Using the pretrained encoder's architecture; architecture options are ignored.")
     # Every rank reads the inputs; notices about them (samples dropped) from rank 0 only.
     with contextlib.nullcontext() if rank0 else contextlib.redirect_stderr(io.StringIO()):
-        data, targets = read_sample_set(args, encoder.model_config if encoder else model_cfg,
-                                        train_cfg)
+        data, targets, covariates = read_sample_set(
+            args, encoder.model_config if encoder else model_cfg, train_cfg)
     with process_group(train_cfg):
         where = f"{distributed.world_size()} processes" if distributed.active() else \
             "one process"
@@ -409,7 +470,7 @@ def run(args):
                             if task == "regressor" else {"class_weights": args.class_weights})
             log(f"Fitting a {task} of {args.column!r} on {len(data)} samples ({where}).")
             bundle = fit(data, targets, task, model_cfg, train_cfg, encoder=encoder, log=log,
-                         **keywords)
+                         covariates=covariates, **keywords)
         if rank0:
             save(bundle, args.output)
             log(f"Saved the model to {args.output} (import it with `qiime tools import "
