@@ -26,8 +26,10 @@ SIM_PARAMS = dict(n_samples=32, n_asvs=40, seq_length=100, depth=500, random_see
 
 # The smallest sensible model; spread it into pretrain calls: `**TINY_MODEL`.
 TINY_MODEL = dict(embedding_dim=16, attention_heads=2, attention_layers=1)
+# One pass an epoch (min_epoch_steps 0): the fit default's 20 steps would make
+# every tiny fit several times slower, and these tests are not about it.
 TINY_TRAINING = dict(epochs=3, batch_size=8, validation_fraction=0.25, device="cpu",
-                     random_state=0)
+                     random_state=0, min_epoch_steps=0)
 
 
 def pytest_configure(config):

@@ -25,10 +25,13 @@ COHORT = dict(n_samples=150, n_asvs=120, seq_length=100, depth=1000, random_seed
 N_TEST = 30
 STUDY_OFFSETS = {"study-a": -20.0, "study-b": 0.0, "study-c": 20.0}
 DOSE_EFFECT = 8.0          # score units per standard deviation of dose
+# min_epoch_steps 0: one pass an epoch, the speed these tests were sized for.
 GOOD_MODEL = dict(embedding_dim=32, attention_heads=2, attention_layers=1, epochs=30,
-                  batch_size=16, learning_rate=2e-3, validation_fraction=0.2, device="cpu",
+                  min_epoch_steps=0, batch_size=16, learning_rate=2e-3, validation_fraction=0.2,
+                  device="cpu",
                   random_state=0, lookup_neighbours=0)
-TINY = dict(embedding_dim=16, attention_heads=2, attention_layers=1, epochs=2, batch_size=8,
+TINY = dict(embedding_dim=16, attention_heads=2, attention_layers=1, epochs=2,
+            min_epoch_steps=0, batch_size=8,
             validation_fraction=0.25, device="cpu", random_state=0)
 
 

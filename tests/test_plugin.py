@@ -19,7 +19,8 @@ from conftest import TINY_MODEL, TINY_TRAINING
 from q2_aam._examples import simulated, to_artifacts, to_views
 from q2_aam.core.bundle import ModelBundle
 
-FAIL_FAST = dict(TINY_MODEL, epochs=1, batch_size=4, validation_fraction=0.25, device="cpu")
+FAIL_FAST = dict(TINY_MODEL, epochs=1, batch_size=4, validation_fraction=0.25, device="cpu",
+                 min_epoch_steps=0)
 
 
 def pretrain_action():

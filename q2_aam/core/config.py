@@ -26,7 +26,7 @@ PRESETS = ("pretrain", "fit")
 # 0.5 lowered held-out age error of frozen fits on oral-dev.
 FIT_MODEL_DEFAULTS = {"kmer_size": 6}
 FIT_TRAINING_DEFAULTS = {"learning_rate": 3e-4, "nuc_mask_ratio": 0.0, "asv_dropout": 0.5,
-                         "regression_loss": "auto"}
+                         "regression_loss": "auto", "min_epoch_steps": 20}
 
 
 def _preset_overrides(kind, fit_defaults):
