@@ -3,8 +3,11 @@ the same global batch and the same CPU threads in total (1 process x 2 threads
 against 2 processes x 1 thread), the same epochs: training samples/s and the
 held-out UniFrac R^2 at the end.
 
-    .venv/bin/python bench/distributed_throughput.py --epochs 3 \\
+    .venv/bin/python bench/distributed_throughput.py --epochs 2 --repeats 2 \\
         --out bench/out/distributed_throughput.json
+
+Each variant runs --repeats times, alternated with the other; the medians of
+training samples/s are printed last.
 
 On a GPU machine `--device cuda` runs NCCL with one GPU per process; with one
 GPU, `--device cuda --processes 2` is refused (one GPU per process).
@@ -52,6 +55,8 @@ def main():
     parser.add_argument("--threads", type=int, default=2, help="CPU threads in total")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--split-seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="runs of each variant, alternated (1, 2, 1, 2, ...)")
     parser.add_argument("--out", default="bench/out/distributed_throughput.json")
     args = parser.parse_args()
     table, sequences = oral.load_table(), oral.load_sequences()
@@ -63,13 +68,19 @@ def main():
     train_cfg = TrainConfig.preset("pretrain", epochs=args.epochs, patience=args.epochs,
                                    learning_rate=1e-3, device=args.device, random_seed=0)
     # train_distributed gives each of its processes the caller's threads / processes.
-    results = [run(1, args.threads, data, model_cfg, train_cfg),
-               run(2, args.threads, data, model_cfg, train_cfg)]
+    # Alternated: this machine's speed drifts within minutes.
+    results = [run(processes, args.threads, data, model_cfg, train_cfg)
+               for _ in range(args.repeats) for processes in (1, 2)]
+    medians = {processes: float(np.median([r["samples_per_second"] for r in results
+                                           if r["processes"] == processes]))
+               for processes in (1, 2)}
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as fh:
-        json.dump({"arguments": vars(args), "runs": results}, fh, indent=2)
+        json.dump({"arguments": vars(args), "runs": results,
+                   "median_samples_per_second": medians}, fh, indent=2)
     for result in results:
         print(result)
+    print("median samples/s by processes:", medians)
 
 
 if __name__ == "__main__":

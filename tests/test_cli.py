@@ -114,7 +114,7 @@ def test_covariates_condition_a_fit_as_in_the_qiime_action(files, tmp_path, aam,
         fh.write("sample-id\tsite\tdepth\n#q2:types\tcategorical\tnumeric\n")
         frame.to_csv(fh, sep="\t", header=False)
     out = tmp_path / "regressor"
-    settings = dict(epochs=2, batch_size=8, device="cpu")
+    settings = dict(epochs=2, batch_size=8, device="cpu", min_epoch_steps=0)
     cli.main(["fit-regressor", *inputs(files, "table", "sequences", "metadata"),
               "--column", "age", "--covariates", str(path), "--output", str(out),
               *options(settings)])
