@@ -2,6 +2,7 @@
 under torchrun or in one process; its models import into QIIME 2 and answer
 as the QIIME 2 actions' do."""
 import os
+import re
 import subprocess
 import sys
 
@@ -90,7 +91,7 @@ def test_a_fit_is_the_qiime_actions_fit(files, tmp_path, aam, artifacts, tiny_en
     settings = dict(epochs=2, batch_size=8, device="cpu")
     cli.main(["fit-regressor", *inputs(files, "table", "sequences", "tree", "metadata"),
               "--column", "age", "--encoder", str(encoder_dir), "--output", str(out),
-              *options(settings)])
+              *options(settings), "--random-seed", "0"])
     artifact = qiime2.Artifact.import_data("AAMModel[Regressor]", str(out))
     table, sequences, _, metadata = artifacts
     tree = qiime2.Artifact.import_data("Phylogeny[Rooted]", skbio.TreeNode.read(
@@ -117,7 +118,7 @@ def test_covariates_condition_a_fit_as_in_the_qiime_action(files, tmp_path, aam,
     settings = dict(epochs=2, batch_size=8, device="cpu", min_epoch_steps=0)
     cli.main(["fit-regressor", *inputs(files, "table", "sequences", "metadata"),
               "--column", "age", "--covariates", str(path), "--output", str(out),
-              *options(settings)])
+              *options(settings), "--random-seed", "0"])
     artifact = qiime2.Artifact.import_data("AAMModel[Regressor]", str(out))
     covariates = qiime2.Metadata(frame)
     read = cli.read_covariates(str(path))
@@ -168,10 +169,13 @@ def test_a_classifier_from_the_command_line_imports(files, tmp_path, capsys):
     cli.main(["fit-classifier", *inputs(files, "table", "sequences", "metadata"),
               "--column", "site", "--output", str(out), *options(SETTINGS),
               "--class-weights", "balanced"])
-    assert "Fitting a classifier of 'site' on 32 samples (one process)" in \
-        capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "Fitting a classifier of 'site' on 32 samples (one process)" in err
     artifact = qiime2.Artifact.import_data("AAMModel[Classifier]", str(out))
     bundle = artifact.view(ModelBundle)
+    # No --random-seed: one is drawn, reported and recorded, as the actions do.
+    seed, = re.findall(r"No --random-seed given: using seed (\d+) \(pass --random-seed", err)
+    assert bundle.info["training"]["random_seed"] == int(seed)
     assert bundle.info["classes"] == sorted(set(pd.read_csv(
         files / "metadata.tsv", sep="\t", skiprows=[1])["site"]))
     assert bundle.info["training"]["unifrac_penalty"] == 0.0      # no distances given

@@ -28,6 +28,7 @@ import os
 import shutil
 import sys
 import tempfile
+from dataclasses import replace
 
 from .config import (OPTIMIZERS, REGRESSION_LOSS_CHOICES, SCHEDULERS, ModelConfig,
                      TrainConfig)
@@ -137,7 +138,8 @@ def _add_config_option(group, config_class, name, preset, command):
     help_text = HELP.format(name=name, command=command).replace("%(default)s", repr(default))
     if name == "random_seed":
         help_text = ("Seed of initialization, validation split, shuffling and masking "
-                     f"(random_state of the QIIME 2 action); default: {default}")
+                     "(random_state of the QIIME 2 action); default: one drawn at random, "
+                     "reported and recorded in the model")
     group.add_argument("--" + name.replace("_", "-"), type=kind, choices=CHOICES.get(name),
                        default=None, help=help_text)
 
@@ -375,6 +377,17 @@ def _check_file(path, option):
 # --- the process group and the output -----------------------------------------------------
 
 
+def drawn_seed(log):
+    """A fresh seed, rank 0's on every rank (every rank must shuffle alike)."""
+    import numpy as np
+    from . import distributed
+    seed = distributed.same_on_all_ranks(
+        int(np.random.SeedSequence().generate_state(1)[0] % 2 ** 31))
+    log(f"No --random-seed given: using seed {seed} (pass --random-seed {seed} to repeat "
+        "this run; the model records it).")
+    return seed
+
+
 def launched_by_torchrun():
     return "WORLD_SIZE" in os.environ and "RANK" in os.environ and "LOCAL_RANK" in os.environ
 
@@ -455,6 +468,8 @@ def run(args):
         data, targets, covariates = read_sample_set(
             args, encoder.model_config if encoder else model_cfg, train_cfg)
     with process_group(train_cfg):
+        if args.random_seed is None:
+            train_cfg = replace(train_cfg, random_seed=drawn_seed(log))
         where = f"{distributed.world_size()} processes" if distributed.active() else \
             "one process"
         if args.command == "pretrain":
