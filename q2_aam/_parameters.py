@@ -20,7 +20,7 @@ from qiime2.plugin import Bool, Choices, Float, Int, Metadata, Range, Str
 
 from .core.unifrac import METRICS as UNIFRAC_METRICS
 from .core.config import (MAX_KMER_SIZE, OPTIMIZERS, REGRESSION_LOSS_CHOICES, SCHEDULERS,
-                          ModelConfig, TrainConfig)
+                          ModelConfig, TrainConfig, draw_seed)
 
 _NO_DEFAULT = object()
 
@@ -403,8 +403,7 @@ def resolve_seed(random_state):
     """random_state, or a freshly drawn seed (reported) when it is None."""
     if random_state is not None:
         return int(random_state)
-    import numpy as np
-    seed = int(np.random.SeedSequence().generate_state(1)[0] % 2 ** 31)
+    seed = draw_seed()
     print(f"No random_state given: using seed {seed} (pass --p-random-state {seed} to "
           "repeat this run; the model records it).", file=sys.stderr)
     return seed

@@ -31,7 +31,7 @@ import tempfile
 from dataclasses import replace
 
 from .config import (OPTIMIZERS, REGRESSION_LOSS_CHOICES, SCHEDULERS, ModelConfig,
-                     TrainConfig)
+                     TrainConfig, draw_seed)
 from .inputs import few_ids
 from .unifrac import METRICS
 
@@ -379,10 +379,8 @@ def _check_file(path, option):
 
 def drawn_seed(log):
     """A fresh seed, rank 0's on every rank (every rank must shuffle alike)."""
-    import numpy as np
     from . import distributed
-    seed = distributed.same_on_all_ranks(
-        int(np.random.SeedSequence().generate_state(1)[0] % 2 ** 31))
+    seed = distributed.same_on_all_ranks(draw_seed())
     log(f"No --random-seed given: using seed {seed} (pass --random-seed {seed} to repeat "
         "this run; the model records it).")
     return seed

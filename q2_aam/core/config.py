@@ -165,5 +165,11 @@ class TrainConfig:
         return asdict(self)
 
 
+def draw_seed():
+    """A fresh random_seed, from the operating system's entropy, in [0, 2**31)."""
+    import numpy as np
+    return int(np.random.SeedSequence().generate_state(1)[0] % 2 ** 31)
+
+
 def _one_of(choices):
     return "one of " + ", ".join(repr(c) for c in choices)

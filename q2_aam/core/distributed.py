@@ -23,6 +23,7 @@ trains something of its own (an ensemble's members, dealt out one per rank).
 import contextlib
 import inspect
 import os
+import sys
 import warnings
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -72,6 +73,14 @@ def world_size():
 def is_main():
     """Rank 0 (or the only process): the one that logs and writes files."""
     return rank() == 0
+
+
+def main_rank_log(log=None):
+    """`log` (by default: print to stderr) on the main rank, and a function that
+    says nothing on the others: so a message is reported once, not once per rank."""
+    if not is_main():
+        return lambda message: None
+    return log or (lambda message: print(message, file=sys.stderr))
 
 
 def check_batch_size(batch_size, n_processes=None):
@@ -390,7 +399,8 @@ def _local_backend(cfg, n_processes):
     return "gloo", max(1, torch.get_num_threads() // n_processes)
 
 
-__all__ = ["active", "alone", "dealt", "rank", "world_size", "is_main", "check_batch_size",
+__all__ = ["active", "alone", "dealt", "rank", "world_size", "is_main", "main_rank_log",
+           "check_batch_size",
            "Shard", "shard_batch", "gather_rows", "sum_over_ranks", "first_bad_step",
            "same_on_all_ranks", "patient_group", "gather_dealt", "gather_outputs", "wrap",
            "train_distributed", "run_local", "join_group", "leave_group",

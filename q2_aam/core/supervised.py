@@ -9,7 +9,6 @@ importable from here too).
 """
 import contextlib
 import os
-import sys
 from dataclasses import replace
 
 import numpy as np
@@ -68,8 +67,7 @@ def fit(data, targets, task, model_cfg: ModelConfig, train_cfg: TrainConfig, enc
     if freeze_encoder and encoder is None:
         raise ValueError("freeze_encoder needs a pretrained_encoder: a randomly initialized "
                          "encoder would stay random.")
-    log = (log or (lambda message: print(message, file=sys.stderr))) \
-        if distributed.is_main() else _silent
+    log = distributed.main_rank_log(log)
     train_cfg = replace(train_cfg, regression_loss=resolve_regression_loss(
         train_cfg.regression_loss, pretrained=encoder is not None))
     seeds = member_seeds(train_cfg.random_seed, model_cfg.ensemble_size)
@@ -262,10 +260,6 @@ def _loaded(model_cfg, state):
     model = AAMModel(model_cfg)
     model.load_state_dict(state)
     return model
-
-
-def _silent(message):
-    pass
 
 
 def evaluate_targets(info, task, batch_size):

@@ -321,7 +321,7 @@ def train(model, data, train_idx, val_idx, loss_fn, cfg: TrainConfig, evaluate=N
     the detail of the best epoch is returned as `best_validation`.
     """
     main = distributed.is_main()
-    log = (log or (lambda message: print(message, file=sys.stderr))) if main else _silent
+    log = distributed.main_rank_log(log)
     distributed.check_batch_size(cfg.batch_size)
     if cfg.tensorboard_dir and main:
         check_writable_directory(cfg.tensorboard_dir, "tensorboard_dir")
@@ -410,10 +410,6 @@ def _record(writer, log, row):
             writer.add_scalar(key, value, row["epoch"])
     writer.add_scalar("learning_rate", row["learning_rate"], row["epoch"])
     log(_format_row(row))
-
-
-def _silent(message):
-    pass
 
 
 def _format_row(row):
