@@ -210,51 +210,43 @@ def fit_classifier_example(use):
     _fit(use, "classifier", "site")
 
 
+def run_on_model(use, action_id, model_name, model_factory, outputs, model_input="model",
+                 reads_table=True, **parameters):
+    """Run `action_id` on a model made by `model_factory` (and on the example table
+    and sequences if the action `reads_table`)."""
+    inputs = {model_input: use.init_artifact(model_name, model_factory), **parameters}
+    if reads_table:
+        inputs["table"], inputs["sequences"] = _inputs(use)
+    use.action(use.UsageAction(plugin_id="aam", action_id=action_id),
+               use.UsageInputs(**inputs), use.UsageOutputNames(**outputs))
+
+
 def predict_example(use):
-    model = use.init_artifact("regressor", regressor_factory)
-    table, sequences = _inputs(use)
-    use.action(use.UsageAction(plugin_id="aam", action_id="predict"),
-               use.UsageInputs(model=model, table=table, sequences=sequences),
-               use.UsageOutputNames(predictions="predictions"))
+    run_on_model(use, "predict", "regressor", regressor_factory, {"predictions": "predictions"})
 
 
 def predict_intervals_example(use):
-    model = use.init_artifact("quantile_regressor", quantile_regressor_factory)
-    table, sequences = _inputs(use)
-    use.action(use.UsageAction(plugin_id="aam", action_id="predict_intervals"),
-               use.UsageInputs(model=model, table=table, sequences=sequences, level=0.8),
-               use.UsageOutputNames(intervals="intervals"))
+    run_on_model(use, "predict_intervals", "quantile_regressor", quantile_regressor_factory,
+                 {"intervals": "intervals"}, level=0.8)
 
 
 def strip_lookup_example(use):
-    model = use.init_artifact("lookup_regressor", lookup_regressor_factory)
-    use.action(use.UsageAction(plugin_id="aam", action_id="strip_lookup"),
-               use.UsageInputs(model=model),
-               use.UsageOutputNames(stripped_model="stripped_regressor"))
+    run_on_model(use, "strip_lookup", "lookup_regressor", lookup_regressor_factory,
+                 {"stripped_model": "stripped_regressor"}, reads_table=False)
 
 
 def predict_probabilities_example(use):
-    model = use.init_artifact("classifier", classifier_factory)
-    table, sequences = _inputs(use)
-    use.action(use.UsageAction(plugin_id="aam", action_id="predict_probabilities"),
-               use.UsageInputs(model=model, table=table, sequences=sequences),
-               use.UsageOutputNames(probabilities="probabilities"))
+    run_on_model(use, "predict_probabilities", "classifier", classifier_factory,
+                 {"probabilities": "probabilities"})
 
 
 def embed_example(use):
-    encoder = use.init_artifact("encoder", encoder_factory)
-    table, sequences = _inputs(use)
-    use.action(use.UsageAction(plugin_id="aam", action_id="embed"),
-               use.UsageInputs(model=encoder, table=table, sequences=sequences),
-               use.UsageOutputNames(embeddings="embeddings"))
+    run_on_model(use, "embed", "encoder", encoder_factory, {"embeddings": "embeddings"})
 
 
 def predict_distances_example(use):
-    encoder = use.init_artifact("encoder", encoder_factory)
-    table, sequences = _inputs(use)
-    use.action(use.UsageAction(plugin_id="aam", action_id="predict_distances"),
-               use.UsageInputs(encoder=encoder, table=table, sequences=sequences),
-               use.UsageOutputNames(distance_matrix="predicted_distances"))
+    run_on_model(use, "predict_distances", "encoder", encoder_factory,
+                 {"distance_matrix": "predicted_distances"}, model_input="encoder")
 
 
 def _pipeline(use, action_id, column, outputs):

@@ -43,10 +43,11 @@ def _split(ctx, table, metadata, test_size, random_seed, missing_samples, strati
     return parts
 
 
-def _fit_training_part(ctx, fit_action, table, sequences, metadata, parameters, **inputs):
-    """Split (seeded), fit `fit_action` on the training part; returns the model and
-    the arguments that apply it to the test part. The split and the fit share
-    the seed, drawn once when random_state is not given."""
+def _fit_and_predict(ctx, fit_action, table, sequences, metadata, parameters, **inputs):
+    """Split (seeded), fit `fit_action` on the training part, predict the test part
+    and summarize the model; returns the model, its test predictions, its summary and
+    the arguments that apply it to the test part. The split and the fit share the
+    seed, drawn once when random_state is not given."""
     seed = resolve_seed(parameters["random_state"])
     stratify = fit_action == "fit_classifier"
     train_table, test_table = _split(ctx, table, metadata, parameters["test_size"], seed,
@@ -60,18 +61,18 @@ def _fit_training_part(ctx, fit_action, table, sequences, metadata, parameters, 
     apply = dict(model=model, table=test_table, sequences=sequences,
                  covariates=parameters["covariates"], device=parameters["device"],
                  n_jobs=parameters["n_jobs"])
-    return model, apply
+    predictions, = ctx.get_action("aam", "predict")(**apply)
+    model_summary, = ctx.get_action("aam", "summarize")(model=model)
+    return model, predictions, model_summary, apply
 
 
 @takes_parameters("regress_samples")
 def regress_samples(ctx, table, sequences, metadata, pretrained_encoder=None,
                     distance_matrix=None, phylogeny=None, **parameters):
-    model, apply = _fit_training_part(
+    model, predictions, model_summary, _ = _fit_and_predict(
         ctx, "fit_regressor", table, sequences, metadata, parameters,
         pretrained_encoder=pretrained_encoder, distance_matrix=distance_matrix,
         phylogeny=phylogeny)
-    predictions, = ctx.get_action("aam", "predict")(**apply)
-    model_summary, = ctx.get_action("aam", "summarize")(model=model)
     accuracy_results, = ctx.get_action("aam", "scatterplot")(
         predictions=predictions, truth=metadata, missing_samples="ignore")
     return model, predictions, model_summary, accuracy_results
@@ -80,13 +81,11 @@ def regress_samples(ctx, table, sequences, metadata, pretrained_encoder=None,
 @takes_parameters("classify_samples")
 def classify_samples(ctx, table, sequences, metadata, pretrained_encoder=None,
                      distance_matrix=None, phylogeny=None, **parameters):
-    model, apply = _fit_training_part(
+    model, predictions, model_summary, apply = _fit_and_predict(
         ctx, "fit_classifier", table, sequences, metadata, parameters,
         pretrained_encoder=pretrained_encoder, distance_matrix=distance_matrix,
         phylogeny=phylogeny)
-    predictions, = ctx.get_action("aam", "predict")(**apply)
     probabilities, = ctx.get_action("aam", "predict_probabilities")(**apply)
-    model_summary, = ctx.get_action("aam", "summarize")(model=model)
     accuracy_results, = ctx.get_action("aam", "confusion_matrix")(
         predictions=predictions, truth=metadata, probabilities=probabilities,
         missing_samples="ignore")

@@ -6,7 +6,8 @@ labels), so scatterplot and confusion-matrix need no trained model; summarize
 reads the tiny encoder of `_examples.trained_model`. All run in seconds.
 """
 from ._examples import (TINY_MODEL, distance_matrix_factory, encoder_factory,
-                        metadata_factory, sequences_factory, simulated, table_factory)
+                        metadata_factory, run_on_model, sequences_factory, simulated,
+                        table_factory)
 
 WRONG_LABEL_EVERY = 4   # every fourth sample gets the next site's label
 PREDICTION_NOISE_SD = 5.0     # the made-up age predictions' error
@@ -69,42 +70,40 @@ def probabilities_factory():
     return qiime2.Artifact.import_data("SampleData[Probabilities]", probabilities)
 
 
+def against_truth(use, action_id, column, visualization, artifacts, metadata_name="metadata",
+                  truth_name=None):
+    """Run visualizer `action_id` on `artifacts` ({input: (name, factory)}) against the
+    example metadata's `column`."""
+    inputs = {name: use.init_artifact(artifact, factory)
+              for name, (artifact, factory) in artifacts.items()}
+    metadata = use.init_metadata(metadata_name, metadata_factory)
+    inputs["truth"] = use.get_metadata_column(truth_name or column, column, metadata)
+    use.action(use.UsageAction(plugin_id="aam", action_id=action_id),
+               use.UsageInputs(**inputs), use.UsageOutputNames(visualization=visualization))
+
+
 def scatterplot_example(use):
-    predictions = use.init_artifact("predictions", regressor_predictions_factory)
-    metadata = use.init_metadata("metadata", metadata_factory)
-    age = use.get_metadata_column("age", "age", metadata)
-    use.action(use.UsageAction(plugin_id="aam", action_id="scatterplot"),
-               use.UsageInputs(predictions=predictions, truth=age),
-               use.UsageOutputNames(visualization="age_scatterplot"))
+    against_truth(use, "scatterplot", "age", "age_scatterplot",
+                  {"predictions": ("predictions", regressor_predictions_factory)})
 
 
 def scatterplot_intervals_example(use):
     # Names of its own: a usage driver may run both scatterplot examples in one namespace.
-    predictions = use.init_artifact("predicted_ages", regressor_predictions_factory)
-    intervals = use.init_artifact("intervals", intervals_factory)
-    metadata = use.init_metadata("sample_metadata", metadata_factory)
-    age = use.get_metadata_column("true_age", "age", metadata)
-    use.action(use.UsageAction(plugin_id="aam", action_id="scatterplot"),
-               use.UsageInputs(predictions=predictions, truth=age, intervals=intervals),
-               use.UsageOutputNames(visualization="age_scatterplot_intervals"))
+    against_truth(use, "scatterplot", "age", "age_scatterplot_intervals",
+                  {"predictions": ("predicted_ages", regressor_predictions_factory),
+                   "intervals": ("intervals", intervals_factory)},
+                  metadata_name="sample_metadata", truth_name="true_age")
 
 
 def confusion_matrix_example(use):
-    predictions = use.init_artifact("predictions", classifier_predictions_factory)
-    probabilities = use.init_artifact("probabilities", probabilities_factory)
-    metadata = use.init_metadata("metadata", metadata_factory)
-    site = use.get_metadata_column("site", "site", metadata)
-    use.action(use.UsageAction(plugin_id="aam", action_id="confusion_matrix"),
-               use.UsageInputs(predictions=predictions, truth=site,
-                               probabilities=probabilities),
-               use.UsageOutputNames(visualization="site_confusion_matrix"))
+    against_truth(use, "confusion_matrix", "site", "site_confusion_matrix",
+                  {"predictions": ("predictions", classifier_predictions_factory),
+                   "probabilities": ("probabilities", probabilities_factory)})
 
 
 def summarize_example(use):
-    encoder = use.init_artifact("encoder", encoder_factory)
-    use.action(use.UsageAction(plugin_id="aam", action_id="summarize"),
-               use.UsageInputs(model=encoder),
-               use.UsageOutputNames(visualization="encoder_summary"))
+    run_on_model(use, "summarize", "encoder", encoder_factory,
+                 {"visualization": "encoder_summary"}, reads_table=False)
 
 
 def find_learning_rate_pretraining_example(use):

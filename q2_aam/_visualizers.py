@@ -53,8 +53,8 @@ def scatterplot(output_dir: str, predictions: pd.Series,
         rows, interval_notes = with_intervals(rows, intervals)
     section = fit_section(output_dir, rows, "scatter", x_label=f"True {truth.name}",
                           y_label=f"Predicted {truth.name}", what="samples")
-    render("scatterplot", output_dir, column=truth.name,
-            notes=_present(note, *interval_notes), section=section)
+    render("comparison", output_dir, page_title="predicted vs true", column=truth.name,
+           notes=_present(note, *interval_notes), section=section)
 
 
 def with_intervals(rows, intervals):
@@ -106,8 +106,8 @@ def confusion_matrix(output_dir: str, predictions: pd.Series,
                                            parameters["missing_samples"])
     section, roc_notes = classification_section(output_dir, true.astype(str), predicted,
                                                 probabilities, f"column '{truth.name}'")
-    render("confusion_matrix", output_dir, column=truth.name,
-            notes=_present(note, *roc_notes), section=section)
+    render("comparison", output_dir, page_title="confusion matrix of", column=truth.name,
+           notes=_present(note, *roc_notes), section=section)
 
 
 def summarize(output_dir: str, model: ModelBundle) -> None:

@@ -134,16 +134,33 @@ FIT_INPUT_DESCRIPTIONS = {
 }
 FIT_CITATIONS = [citations["vaswani2017attention"], citations["loshchilov2019adamw"],
                  citations["chen2023symbolic"]]
-REGRESSOR_METADATA = {"metadata": "Numeric metadata column to predict."}
-CLASSIFIER_METADATA = {"metadata": "Categorical metadata column to predict."}
+REGRESSOR_TARGET = (MetadataColumn[Numeric], "Numeric metadata column to predict.")
+CLASSIFIER_TARGET = (MetadataColumn[Categorical], "Categorical metadata column to predict.")
 
-plugin.methods.register_function(
-    function=fit_regressor,
-    inputs=FIT_INPUTS,
-    parameters=parameters("fit_regressor", metadata=MetadataColumn[Numeric]),
+
+def register_training(register, function, target, outputs, output_descriptions, name,
+                      description, citations, examples):
+    """Register a fit or a pipeline (`register`: plugin.methods or plugin.pipelines):
+    it reads the fit inputs and the metadata column `target` (type, description)."""
+    action = function.__name__
+    register.register_function(
+        function=function,
+        inputs=FIT_INPUTS,
+        parameters=parameters(action, metadata=target[0]),
+        outputs=outputs,
+        input_descriptions=FIT_INPUT_DESCRIPTIONS,
+        parameter_descriptions=parameter_descriptions(action, metadata=target[1]),
+        output_descriptions=output_descriptions,
+        name=name,
+        description=description,
+        citations=citations,
+        examples=examples,
+    )
+
+
+register_training(
+    plugin.methods, fit_regressor, REGRESSOR_TARGET,
     outputs=[("model", AAMModel[Regressor])],
-    input_descriptions=FIT_INPUT_DESCRIPTIONS,
-    parameter_descriptions=parameter_descriptions("fit_regressor", **REGRESSOR_METADATA),
     output_descriptions={"model": "The trained regressor, with its target scaling, history, "
                                   "best-epoch validation predictions and, when the neighbour "
                                   "look-up is on, its fitted samples' ASV sets and targets."},
@@ -154,15 +171,10 @@ plugin.methods.register_function(
     citations=FIT_CITATIONS,
     examples={"fit_regressor": _examples.fit_regressor_example,
               "fit_regressor_ensemble": _examples.fit_regressor_ensemble_example,
-              "fit_regressor_covariates": _examples.fit_regressor_covariates_example},
-)
-plugin.methods.register_function(
-    function=fit_classifier,
-    inputs=FIT_INPUTS,
-    parameters=parameters("fit_classifier", metadata=MetadataColumn[Categorical]),
+              "fit_regressor_covariates": _examples.fit_regressor_covariates_example})
+register_training(
+    plugin.methods, fit_classifier, CLASSIFIER_TARGET,
     outputs=[("model", AAMModel[Classifier])],
-    input_descriptions=FIT_INPUT_DESCRIPTIONS,
-    parameter_descriptions=parameter_descriptions("fit_classifier", **CLASSIFIER_METADATA),
     output_descriptions={"model": "The trained classifier, with its class labels, history and "
                                   "best-epoch validation predictions."},
     name="Fit an AAM classifier",
@@ -170,8 +182,7 @@ plugin.methods.register_function(
                  "each sample. The validation split is stratified by class. "
                  + TENSORBOARD_NOTE),
     citations=FIT_CITATIONS,
-    examples={"fit_classifier": _examples.fit_classifier_example},
-)
+    examples={"fit_classifier": _examples.fit_classifier_example})
 
 T_model, T_predictions = TypeMap({
     AAMModel[Regressor]: SampleData[RegressorPredictions],
@@ -184,48 +195,52 @@ APPLY_INPUT_DESCRIPTIONS = {
     "sequences": "The DNA sequence of every feature in the table.",
 }
 
-plugin.methods.register_function(
-    function=predict,
-    inputs={"model": T_model, "table": APPLY_TABLE, "sequences": FeatureData[Sequence]},
-    parameters=parameters("predict"),
-    outputs=[("predictions", T_predictions)],
-    input_descriptions={"model": "A regressor or classifier from fit-regressor/fit-classifier.",
-                        **APPLY_INPUT_DESCRIPTIONS},
-    parameter_descriptions=parameter_descriptions("predict"),
-    output_descriptions={"predictions": "Predicted values (regressor) or labels (classifier), "
-                                        "in q2-sample-classifier's types."},
+
+def register_apply(function, model, model_description, output, output_description, name,
+                   description, citations, model_input="model"):
+    """Register a method that applies `model` (a type) to a table and its sequences,
+    writing the one `output` (name, type); its parameters come from the table."""
+    action = function.__name__
+    plugin.methods.register_function(
+        function=function,
+        inputs={model_input: model, "table": APPLY_TABLE, "sequences": FeatureData[Sequence]},
+        parameters=parameters(action),
+        outputs=[output],
+        input_descriptions={model_input: model_description, **APPLY_INPUT_DESCRIPTIONS},
+        parameter_descriptions=parameter_descriptions(action),
+        output_descriptions={output[0]: output_description},
+        name=name,
+        description=description,
+        citations=citations,
+        examples={action: getattr(_examples, f"{action}_example")},
+    )
+
+
+register_apply(
+    predict, T_model,
+    model_description="A regressor or classifier from fit-regressor/fit-classifier.",
+    output=("predictions", T_predictions),
+    output_description=("Predicted values (regressor) or labels (classifier), in "
+                        "q2-sample-classifier's types."),
     name="Predict sample metadata with an AAM model",
     description="Apply a trained regressor or classifier to new samples.",
-    citations=[citations["bokulich2018q2sampleclassifier"]],
-    examples={"predict": _examples.predict_example},
-)
-plugin.methods.register_function(
-    function=predict_probabilities,
-    inputs={"model": AAMModel[Classifier], "table": APPLY_TABLE,
-            "sequences": FeatureData[Sequence]},
-    parameters=parameters("predict_probabilities"),
-    outputs=[("probabilities", SampleData[Probabilities])],
-    input_descriptions={"model": "A classifier from fit-classifier.", **APPLY_INPUT_DESCRIPTIONS},
-    parameter_descriptions=parameter_descriptions("predict_probabilities"),
-    output_descriptions={"probabilities": "Class probabilities per sample."},
+    citations=[citations["bokulich2018q2sampleclassifier"]])
+register_apply(
+    predict_probabilities, AAMModel[Classifier],
+    model_description="A classifier from fit-classifier.",
+    output=("probabilities", SampleData[Probabilities]),
+    output_description="Class probabilities per sample.",
     name="Predict class probabilities with an AAM classifier",
     description=("Class probabilities for new samples (a companion of predict, whose output "
                  "type depends on the model)."),
-    citations=[citations["bokulich2018q2sampleclassifier"]],
-    examples={"predict_probabilities": _examples.predict_probabilities_example},
-)
-plugin.methods.register_function(
-    function=predict_intervals,
-    inputs={"model": AAMModel[Regressor], "table": APPLY_TABLE,
-            "sequences": FeatureData[Sequence]},
-    parameters=parameters("predict_intervals"),
-    outputs=[("intervals", SampleData[AAMPredictionIntervals])],
-    input_descriptions={"model": "A regressor fitted with regression_loss 'binned' or "
-                                 "'quantile' (others predict a single value, and are refused).",
-                        **APPLY_INPUT_DESCRIPTIONS},
-    parameter_descriptions=parameter_descriptions("predict_intervals"),
-    output_descriptions={"intervals": "Per sample: the prediction (the predicted median), the "
-                                      "lower and upper bound, and the level."},
+    citations=[citations["bokulich2018q2sampleclassifier"]])
+register_apply(
+    predict_intervals, AAMModel[Regressor],
+    model_description=("A regressor fitted with regression_loss 'binned' or 'quantile' (others "
+                       "predict a single value, and are refused)."),
+    output=("intervals", SampleData[AAMPredictionIntervals]),
+    output_description=("Per sample: the prediction (the predicted median), the lower and "
+                        "upper bound, and the level."),
     name="Predict with intervals from an AAM regressor",
     description=("Predictions with a lower and an upper bound per sample, meant to hold the "
                  "true value with probability `level`. The bounds are quantiles of the "
@@ -240,9 +255,7 @@ plugin.methods.register_function(
                  "from the model alone (without its neighbour look-up). Show them with "
                  "`qiime metadata tabulate`, or as bars with `qiime aam scatterplot "
                  "--i-intervals`, which also reports their coverage of the true values."),
-    citations=[citations["koenker1978regression"], citations["kuleshov2018accurate"]],
-    examples={"predict_intervals": _examples.predict_intervals_example},
-)
+    citations=[citations["koenker1978regression"], citations["kuleshov2018accurate"]])
 plugin.methods.register_function(
     function=strip_lookup,
     inputs={"model": AAMModel[Regressor]},
@@ -265,37 +278,24 @@ plugin.methods.register_function(
     citations=[],
     examples={"strip_lookup": _examples.strip_lookup_example},
 )
-plugin.methods.register_function(
-    function=embed,
-    inputs={"model": AAMModel[Encoder | Regressor | Classifier], "table": APPLY_TABLE,
-            "sequences": FeatureData[Sequence]},
-    parameters=parameters("embed"),
-    outputs=[("embeddings", PCoAResults)],
-    input_descriptions={"model": "Any AAM model.", **APPLY_INPUT_DESCRIPTIONS},
-    parameter_descriptions=parameter_descriptions("embed"),
-    output_descriptions={"embeddings": "Sample embeddings as an ordination (principal axes of "
-                                       "the embeddings), for `qiime emperor plot`."},
+register_apply(
+    embed, AAMModel[Encoder | Regressor | Classifier],
+    model_description="Any AAM model.",
+    output=("embeddings", PCoAResults),
+    output_description=("Sample embeddings as an ordination (principal axes of the "
+                        "embeddings), for `qiime emperor plot`."),
     name="Embed samples with an AAM model",
     description="Sample embeddings of any AAM model, as an ordination Emperor can show.",
-    citations=[citations["vaswani2017attention"]],
-    examples={"embed": _examples.embed_example},
-)
-plugin.methods.register_function(
-    function=predict_distances,
-    inputs={"encoder": AAMModel[Encoder], "table": APPLY_TABLE,
-            "sequences": FeatureData[Sequence]},
-    parameters=parameters("predict_distances"),
-    outputs=[("distance_matrix", DistanceMatrix)],
-    input_descriptions={"encoder": "An encoder from pretrain.", **APPLY_INPUT_DESCRIPTIONS},
-    parameter_descriptions=parameter_descriptions("predict_distances"),
-    output_descriptions={"distance_matrix": "Predicted UniFrac-like distances between the "
-                                            "samples."},
+    citations=[citations["vaswani2017attention"]])
+register_apply(
+    predict_distances, AAMModel[Encoder], model_input="encoder",
+    model_description="An encoder from pretrain.",
+    output=("distance_matrix", DistanceMatrix),
+    output_description="Predicted UniFrac-like distances between the samples.",
     name="Predict UniFrac-like distances with an AAM encoder",
     description=("UniFrac-like distances between new samples from the encoder's sample "
                  "embeddings, without a phylogenetic tree."),
-    citations=[citations["lozupone2005unifrac"]],
-    examples={"predict_distances": _examples.predict_distances_example},
-)
+    citations=[citations["lozupone2005unifrac"]])
 
 plugin.visualizers.register_function(
     function=scatterplot,
@@ -400,37 +400,27 @@ PIPELINE_OUTPUT_DESCRIPTIONS = {
     "model_summary": "The fitted model's training summary (as `qiime aam summarize`).",
     "accuracy_results": "Predicted against true values of the test part.",
 }
-plugin.pipelines.register_function(
-    function=regress_samples,
-    inputs=FIT_INPUTS,
-    parameters=parameters("regress_samples", metadata=MetadataColumn[Numeric]),
+register_training(
+    plugin.pipelines, regress_samples, REGRESSOR_TARGET,
     outputs=[("model", AAMModel[Regressor]), ("predictions", SampleData[RegressorPredictions]),
              ("model_summary", Visualization), ("accuracy_results", Visualization)],
-    input_descriptions=FIT_INPUT_DESCRIPTIONS,
-    parameter_descriptions=parameter_descriptions("regress_samples", **REGRESSOR_METADATA),
     output_descriptions=PIPELINE_OUTPUT_DESCRIPTIONS,
     name="Train and test an AAM regressor",
     description=("Split the samples into training and test parts, fit a regressor on the "
                  "first, predict the second and plot predicted against true values."),
     citations=FIT_CITATIONS + [citations["bokulich2018q2sampleclassifier"]],
-    examples={"regress_samples": _examples.regress_samples_example},
-)
-plugin.pipelines.register_function(
-    function=classify_samples,
-    inputs=FIT_INPUTS,
-    parameters=parameters("classify_samples", metadata=MetadataColumn[Categorical]),
+    examples={"regress_samples": _examples.regress_samples_example})
+register_training(
+    plugin.pipelines, classify_samples, CLASSIFIER_TARGET,
     outputs=[("model", AAMModel[Classifier]), ("predictions", SampleData[ClassifierPredictions]),
              ("model_summary", Visualization), ("accuracy_results", Visualization),
              ("probabilities", SampleData[Probabilities])],
-    input_descriptions=FIT_INPUT_DESCRIPTIONS,
-    parameter_descriptions=parameter_descriptions("classify_samples", **CLASSIFIER_METADATA),
     output_descriptions={**PIPELINE_OUTPUT_DESCRIPTIONS,
                          "probabilities": "Class probabilities for the test part."},
     name="Train and test an AAM classifier",
     description=("Split the samples (stratified by class) into training and test parts, fit a "
                  "classifier on the first, predict the second and show the confusion matrix."),
     citations=FIT_CITATIONS + [citations["bokulich2018q2sampleclassifier"]],
-    examples={"classify_samples": _examples.classify_samples_example},
-)
+    examples={"classify_samples": _examples.classify_samples_example})
 
 importlib.import_module("q2_aam._transformer")
