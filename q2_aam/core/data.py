@@ -25,6 +25,9 @@ class Batch:
     tokens: Optional[torch.Tensor] = None           # [U, T] distinct ASVs' tokens
     nuc_positions: Optional[torch.Tensor] = None    # [U, T] masked positions
     nuc_targets: Optional[torch.Tensor] = None      # [M] true tokens there
+    # The same positions as flat indices into [U * T], found on the host: gathering
+    # by a boolean mask on a GPU would make the host wait for the device.
+    nuc_index: Optional[torch.Tensor] = None        # [M]
     asv_embeddings: Optional[torch.Tensor] = None   # [U, D] when the encoder is frozen
     distances: Optional[torch.Tensor] = None        # [B, B]
     faith_pd: Optional[torch.Tensor] = None         # [B]
@@ -181,6 +184,7 @@ class SampleSet:
             if mask_ratio > 0:
                 tokens, positions, targets = mask_nucleotides(tokens, mask_ratio, rng)
                 batch.nuc_positions = torch.from_numpy(positions)
+                batch.nuc_index = torch.from_numpy(np.flatnonzero(positions))
                 batch.nuc_targets = torch.from_numpy(targets.astype(np.int64))
             batch.tokens = torch.from_numpy(tokens.astype(np.int64))
         if self.distance_source is not None:

@@ -167,6 +167,7 @@ def _select_samples(batch, rows, owned):
         keep = np.zeros(len(owned), dtype=bool)
         keep[used.numpy()] = owned[used.numpy()]
         local.nuc_positions = batch.nuc_positions[used] & torch.from_numpy(keep)[used][:, None]
+        local.nuc_index = torch.from_numpy(np.flatnonzero(local.nuc_positions.numpy()))
         local.nuc_targets = batch.nuc_targets[torch.from_numpy(np.repeat(keep, counts))]
     for name in ("faith_pd", "targets", "covariate_codes", "covariate_values"):
         if getattr(batch, name) is not None:

@@ -232,10 +232,10 @@ class AAMModel(nn.Module):
             asv_emb = batch.asv_embeddings
         else:
             asv_emb, states = self.encode_asvs(batch.tokens)
-            if batch.nuc_positions is not None:
+            if batch.nuc_index is not None:
                 # Only masked positions reach the head: cheaper, and the loss is
                 # defined on them alone.
-                out["nuc_logits"] = self.nuc_head(states[batch.nuc_positions])
+                out["nuc_logits"] = self.nuc_head(states.flatten(0, 1)[batch.nuc_index])
         if self.kmer_bag is not None:
             asv_emb = asv_emb + self.kmer_bag(batch.tokens)
         sample_emb = self.encode_samples(asv_emb, batch.asv_index, batch.log_abundance,
