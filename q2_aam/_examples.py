@@ -214,9 +214,10 @@ def run_on_model(use, action_id, model_name, model_factory, outputs, model_input
                  reads_table=True, **parameters):
     """Run `action_id` on a model made by `model_factory` (and on the example table
     and sequences if the action `reads_table`)."""
-    inputs = {model_input: use.init_artifact(model_name, model_factory), **parameters}
+    inputs = {model_input: use.init_artifact(model_name, model_factory)}
     if reads_table:
         inputs["table"], inputs["sequences"] = _inputs(use)
+    inputs.update(parameters)
     use.action(use.UsageAction(plugin_id="aam", action_id=action_id),
                use.UsageInputs(**inputs), use.UsageOutputNames(**outputs))
 

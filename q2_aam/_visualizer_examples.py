@@ -74,10 +74,12 @@ def against_truth(use, action_id, column, visualization, artifacts, metadata_nam
                   truth_name=None):
     """Run visualizer `action_id` on `artifacts` ({input: (name, factory)}) against the
     example metadata's `column`."""
-    inputs = {name: use.init_artifact(artifact, factory)
-              for name, (artifact, factory) in artifacts.items()}
+    made = {name: use.init_artifact(artifact, factory)
+            for name, (artifact, factory) in artifacts.items()}
     metadata = use.init_metadata(metadata_name, metadata_factory)
-    inputs["truth"] = use.get_metadata_column(truth_name or column, column, metadata)
+    truth = use.get_metadata_column(truth_name or column, column, metadata)
+    # The predictions, then the truth, then the rest: the order the command shows.
+    inputs = {"predictions": made.pop("predictions"), "truth": truth, **made}
     use.action(use.UsageAction(plugin_id="aam", action_id=action_id),
                use.UsageInputs(**inputs), use.UsageOutputNames(visualization=visualization))
 
