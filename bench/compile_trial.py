@@ -3,8 +3,9 @@
 One pretraining step (forward, loss, backward, AdamW step) of the same model on
 the same collated batches, eager and compiled (`torch.compile(model,
 dynamic=True)`: batches differ in ASVs per sample, so shapes vary), the two
-variants alternated over --rounds rounds of --steps steps. Reports the compile
-time (the compiled model's first round) and the median seconds per step after it.
+variants alternated over --rounds rounds of --steps steps, on the CPU or (with
+--device cuda) the GPU under training's bf16 autocast. Reports the compile time
+(the compiled model's first round) and the median seconds per step after it.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/compile_trial.py --steps 10 --rounds 3 \\
         --out bench/out/compile_trial.json
@@ -24,6 +25,7 @@ from q2_aam.core.losses import LossFunction
 from q2_aam.core.model import AAMModel
 from q2_aam.core.optim import make_optimizer
 from q2_aam.core.simulate import simulate
+from q2_aam.core.train import autocast, resolve_device
 
 
 def batches(args):
@@ -37,15 +39,17 @@ def batches(args):
     return [data.collate(idx, 0.15, rng) for idx in chosen]
 
 
-def timed_round(model, optimizer, loss_fn, collated):
-    """Seconds of each step over the batches."""
+def timed_round(model, optimizer, loss_fn, collated, device):
+    """Seconds of each step over the batches (waiting for the device)."""
     seconds = []
     for batch in collated:
         start = time.perf_counter()
-        loss = loss_fn(model(batch), batch)["loss"]
+        with autocast(device):
+            loss = loss_fn(model(batch), batch)["loss"]
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        float(loss.detach())
         seconds.append(time.perf_counter() - start)
     return seconds
 
@@ -58,12 +62,14 @@ def main():
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--out", default="bench/out/compile_trial.json")
     args = parser.parse_args()
-    collated = batches(args)
+    device = resolve_device(args.device)
+    collated = [batch.to(device) for batch in batches(args)]
     cfg = TrainConfig.preset("pretrain")
     torch.manual_seed(0)
-    eager = AAMModel(ModelConfig(embedding_dim=64, attention_layers=2))
+    eager = AAMModel(ModelConfig(embedding_dim=64, attention_layers=2)).to(device)
     variants = {"eager": eager, "compiled": torch.compile(copy.deepcopy(eager), dynamic=True)}
     optimizers = {name: make_optimizer(model, cfg) for name, model in variants.items()}
     loss_fn = LossFunction("encoder")
@@ -71,8 +77,9 @@ def main():
     for _ in range(args.rounds + 1):            # the first round compiles
         for name, model in variants.items():
             model.train()
-            rounds[name].append(timed_round(model, optimizers[name], loss_fn, collated))
-    report = {"arguments": vars(args),
+            rounds[name].append(timed_round(model, optimizers[name], loss_fn, collated,
+                                            device))
+    report = {"arguments": vars(args), "device": str(device),
               "first_round_s": {name: float(sum(r[0])) for name, r in rounds.items()},
               "median_step_s": {name: float(np.median(np.concatenate(r[1:])))
                                 for name, r in rounds.items()}}

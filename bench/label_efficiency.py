@@ -122,22 +122,22 @@ def aam_fit(oral_data, encoder, task, mode, train_ids, test_ids, seed, args):
     data = oral_data.sample_set(train_ids, encoder.model_config)
     epochs = args.finetune_epochs if mode == "finetuned" else 100
     bundle = fit(data, target[data.sample_ids].to_numpy(), TASKS[task],
-                 ModelConfig.preset("fit"),
+                 ModelConfig.preset("fit", **settings(args.model_settings)),
                  TrainConfig.preset("fit", epochs=epochs, random_seed=seed,
-                                    **fit_settings(args.fit_settings)),
+                                    **settings(args.fit_settings)),
                  encoder=encoder, freeze_encoder=mode == "frozen", lookup_neighbours=0)
     test = oral_data.sample_set(test_ids, encoder.model_config)
     predicted, _ = predict(bundle, test)
     return pd.Series(predicted, index=test.sample_ids)[list(test_ids)].to_numpy()
 
 
-def fit_settings(text):
-    """'name=value,...' -> TrainConfig overrides (numbers parsed as such)."""
-    settings = {}
+def settings(text):
+    """'name=value,...' -> config overrides (numbers parsed as such)."""
+    overrides = {}
     for item in filter(None, text.split(",")):
         name, value = item.split("=")
-        settings[name] = json.loads(value) if value[:1].isdigit() or value[:1] == "-" else value
-    return settings
+        overrides[name] = json.loads(value) if value[:1].isdigit() or value[:1] == "-" else value
+    return overrides
 
 
 _EMBEDDINGS = {}
@@ -278,6 +278,8 @@ def main():
                         help="score on this many training-part samples, not the held-out part")
     parser.add_argument("--fit-settings", default="",
                         help="TrainConfig overrides of the q2-aam fits, name=value,...")
+    parser.add_argument("--model-settings", default="",
+                        help="ModelConfig overrides of the q2-aam fits (ensemble_size=5, ...)")
     args = parser.parse_args()
     if args.summarize:
         summarize(args.summarize)
@@ -316,8 +318,10 @@ def main():
                             predicted = aam_fit(oral_data, encoder, task, model, subset,
                                                 test_ids, seed, args)
                         return score(task, true, predicted)
-                    name = model + (f"[{args.fit_settings}]" if args.fit_settings
-                                    and model in ("frozen", "finetuned") else "")
+                    name = model
+                    if model in ("frozen", "finetuned"):
+                        name += f"[{args.fit_settings}]" if args.fit_settings else ""
+                        name += f"[model:{args.model_settings}]" if args.model_settings else ""
                     run(f"{task}/{size}/{name}/seed{seed}", results, args, job)
     if not args.skip_cross_sectional:
         cross_sectional(oral_data, encoder, results, args)

@@ -74,6 +74,10 @@ def throughput(data, model_cfg, args, device):
         _sync(device)
         start = time.perf_counter()
         train_step(model, batch, loss_fn, optimizer, device)
+        # Host time: until the step returns, without waiting for the device (a
+        # wait the step forces itself counts here too). On a GPU, host time close
+        # to the whole step means the device mostly waits for the host.
+        host = time.perf_counter() - start
         _sync(device)
         elapsed = time.perf_counter() - start
         # FLOPs of this very batch, counted by torch's own counter in an untimed replay.
@@ -81,7 +85,8 @@ def throughput(data, model_cfg, args, device):
             train_step(model, batch, loss_fn, optimizer, device)
         occurrences = data.occurrences(idx)
         distinct = batch.tokens.shape[0]
-        rows.append({"seconds": elapsed, "samples": len(idx), "occurrences": occurrences,
+        rows.append({"seconds": elapsed, "host_seconds": host, "samples": len(idx),
+                     "occurrences": occurrences,
                      "distinct": distinct, "flops": counter.get_total_flops()})
         step_times.append(elapsed)
         print(f"step {i}: {elapsed:.2f}s, {len(idx) / elapsed:.1f} samples/s, "
@@ -93,6 +98,8 @@ def throughput(data, model_cfg, args, device):
         "device": str(device), "parameters": count_parameters(model),
         "batch_size": args.batch_size, "steps": len(rows),
         "samples_per_s_median": statistics.median(samples_per_s),
+        "step_s_median": statistics.median(r["seconds"] for r in rows),
+        "host_s_per_step_median": statistics.median(r["host_seconds"] for r in rows),
         "asv_occurrences_per_s_median": statistics.median(occ_per_s),
         "distinct_asv_ratio_median": statistics.median(r["distinct"] / r["occurrences"] for r in rows),
         "model_flops_per_s_median": statistics.median(flops_per_s),
