@@ -102,8 +102,8 @@ PARAMETERS = {
                      "linearly (or, for onecycle, rising to its peak); a fraction, so it "
                      "always ends on small data."),
     "patience": _train(Int % Range(1, None),
-                       "Stop when the validation loss has not improved for this many epochs; "
-                       "the best epoch's weights are kept."),
+                       "Stop when the monitored loss (validation, else training) has not "
+                       "improved for this many epochs; the best epoch's weights are kept."),
     "min_epoch_steps": _train(Int % Range(0, None),
                               "With few training samples an epoch is several passes over "
                               "them, each shuffled anew: as many as make at least this many "
