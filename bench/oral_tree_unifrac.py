@@ -1,6 +1,6 @@
 """Pretraining on oral-dev from the tree against from the distance matrix.
 
-The same encoder settings and seed, on split 0's training part: once with the
+The same encoder settings and seed (--seed), on split 0's training part: once with the
 unweighted UniFrac matrix (../shared/data/oral-dev/unweighted-unifrac.tsv.gz),
 once with each batch's UniFrac computed from tree.nwk (unifrac.TreeDistances).
 Reports how far the tree's distances are from the matrix's on the training
@@ -45,6 +45,8 @@ def main():
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--split-seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=None,
+                        help="training seed of both runs (default: the split seed)")
     parser.add_argument("--out", default="bench/out/oral_tree_unifrac.json")
     args = parser.parse_args()
     table, sequences, matrix = oral.load_table(), oral.load_sequences(), oral.load_unifrac()
@@ -59,7 +61,8 @@ def main():
     report = {"arguments": vars(args), "max_abs_difference_tree_vs_matrix": float(np.abs(
         from_tree.submatrix(first) - from_matrix[np.ix_(first, first)]).max())}
     train_cfg = TrainConfig.preset("pretrain", epochs=args.epochs, patience=args.epochs,
-                                   learning_rate=1e-3, random_seed=args.split_seed)
+                                   learning_rate=1e-3,
+                                   random_seed=args.split_seed if args.seed is None else args.seed)
     for name, source in (("matrix", from_matrix), ("tree", from_tree)):
         data.distances = source
         start = time.perf_counter()
