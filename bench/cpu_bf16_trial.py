@@ -1,7 +1,6 @@
 """Pretraining steps on the CPU in float32 against bf16 autocast, alternated in
-one run on the same oral-dev batches; medians of the timed steps. (On the
-project's 2-core Xeon, which has AVX512-BF16, a bf16 matmul alone ran ~2.2x a
-float32 one: BENCHMARKS.md.)
+one run on the same oral-dev batches; medians of the timed steps. For
+reference, the same run times one matmul of the model's shape in both dtypes.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/cpu_bf16_trial.py --embedding-dim 64 --layers 2
 """
@@ -46,6 +45,19 @@ def steps(batches, model_cfg, bf16):
     return seconds[1:], float(losses["loss"].detach())
 
 
+def matmul_seconds(dtype, shape=(4096, 64, 256), repeats=20):
+    """Median seconds of one [m, k] @ [k, n] matmul in `dtype`."""
+    m, k, n = shape
+    a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
+    a @ b
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--embedding-dim", type=int, default=64)
@@ -62,14 +74,19 @@ def main():
     batches = [data.collate(idx, 0.15, rng)
                for idx in batch_indices(np.arange(len(data)), 32, rng)[:args.steps + 1]]
     seconds, last_loss = {"float32": [], "bf16": []}, {}
+    matmul = {"float32": [], "bf16": []}
     for _ in range(args.rounds):
         for name in seconds:
             timed, last_loss[name] = steps(batches, model_cfg, name == "bf16")
             seconds[name] += timed
+            matmul[name].append(matmul_seconds(torch.bfloat16 if name == "bf16"
+                                               else torch.float32))
     result = {"embedding_dim": args.embedding_dim, "layers": args.layers,
               "threads": torch.get_num_threads(), "last_loss": last_loss,
               **{f"{name}_step_s_median": statistics.median(s) for name, s in seconds.items()}}
     result["bf16_speedup"] = result["float32_step_s_median"] / result["bf16_step_s_median"]
+    result["bf16_matmul_speedup"] = (statistics.median(matmul["float32"])
+                                     / statistics.median(matmul["bf16"]))
     print(json.dumps(result, indent=2))
     if args.out:
         with open(args.out, "w") as fh:
