@@ -123,12 +123,13 @@ def aam_fit(oral_data, encoder, task, mode, train_ids, test_ids, seed, args):
     epochs = args.finetune_epochs if mode == "finetuned" else 100
     bundle = fit(data, target[data.sample_ids].to_numpy(), TASKS[task],
                  ModelConfig.preset("fit", **settings(args.model_settings)),
-                 TrainConfig.preset("fit", epochs=epochs, random_seed=seed,
-                                    **settings(args.fit_settings)),
+                 TrainConfig.preset("fit", **{"epochs": epochs, "random_seed": seed,
+                                              **settings(args.fit_settings)}),
                  encoder=encoder, freeze_encoder=mode == "frozen", lookup_neighbours=0)
     test = oral_data.sample_set(test_ids, encoder.model_config)
     predicted, _ = predict(bundle, test)
-    return pd.Series(predicted, index=test.sample_ids)[list(test_ids)].to_numpy()
+    return (pd.Series(predicted, index=test.sample_ids)[list(test_ids)].to_numpy(),
+            bundle.info["best_epoch"])
 
 
 def settings(text):
@@ -188,8 +189,10 @@ def cross_sectional(oral_data, encoder, results, args):
                 elif model == "probe":
                     predicted = probe(oral_data, encoder, "age", train_ids, test_ids)
                 else:
-                    predicted = aam_fit(oral_data, encoder, "age", model, train_ids, test_ids,
-                                        k, args)
+                    predicted, best_epoch = aam_fit(oral_data, encoder, "age", model,
+                                                    train_ids, test_ids, k, args)
+                    return {**score("age", true, predicted), "n_test": len(test_ids),
+                            "best_epoch": best_epoch}
                 return {**score("age", true, predicted), "n_test": len(test_ids)}
             run(f"cross_sectional/{model}/fold{k}", results, args, job)
         run(f"cross_sectional/median/fold{k}", results, args, lambda: score(
@@ -315,8 +318,9 @@ def main():
                         elif model == "probe":
                             predicted = probe(oral_data, encoder, task, subset, test_ids)
                         else:
-                            predicted = aam_fit(oral_data, encoder, task, model, subset,
-                                                test_ids, seed, args)
+                            predicted, best_epoch = aam_fit(oral_data, encoder, task, model,
+                                                            subset, test_ids, seed, args)
+                            return {**score(task, true, predicted), "best_epoch": best_epoch}
                         return score(task, true, predicted)
                     name = model
                     if model in ("frozen", "finetuned"):
