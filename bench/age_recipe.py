@@ -14,8 +14,8 @@ is timed, and the held-out MAE recorded.
     .venv/bin/python bench/age_recipe.py --rounds 1 --out bench/out/age_recipe.json \\
         --variants '[{"name": "default"}, {"name": "two-processes", "threads": 2, "n_devices": 2}]'
 
-Only the core's public API is used; OMP_NUM_THREADS is set from `threads`
-before torch starts any worker.
+Only the core's public API is used; the encoder is pretrained as
+label_efficiency.py's are (64 wide, 2+2 layers, learning rate 1e-3).
 """
 import argparse
 import json
@@ -27,11 +27,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import oral  # noqa: E402
-from label_efficiency import Oral, write  # noqa: E402
+from label_efficiency import Oral, pretrain_encoder, split_ids, write  # noqa: E402
 
 DEFAULTS = {"pretrain_epochs": 30, "fit_epochs": 100, "ensemble_size": 10, "threads": 1,
             "n_devices": 1}
-SIX_STUDIES_LEFT_OUT = ("qiita-550", "qiita-2202", "qiita-11052")
 
 
 def recipe(oral_data, train_ids, test_ids, settings, seed):
@@ -40,18 +39,12 @@ def recipe(oral_data, train_ids, test_ids, settings, seed):
     from q2_aam.core.config import ModelConfig, TrainConfig
     from q2_aam.core.distributed import train_distributed
     from q2_aam.core.metrics import regression_metrics
-    from q2_aam.core.pretrain import pretrain
     from q2_aam.core.supervised import fit, predict
 
     torch.set_num_threads(settings["threads"])
     seconds = {}
     start = time.perf_counter()
-    model_cfg = ModelConfig(embedding_dim=64, attention_layers=2)
-    data = oral_data.sample_set(train_ids, model_cfg)
-    data.distances = oral.load_unifrac().filter(data.sample_ids).data.astype(np.float32)
-    epochs = settings["pretrain_epochs"]
-    encoder = pretrain(data, model_cfg, TrainConfig.preset(
-        "pretrain", epochs=epochs, patience=epochs, learning_rate=1e-3, random_seed=seed))
+    encoder = pretrain_encoder(oral_data, train_ids, 64, 2, settings["pretrain_epochs"], seed)
     seconds["pretrain"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -72,7 +65,7 @@ def recipe(oral_data, train_ids, test_ids, settings, seed):
     seconds["total"] = sum(seconds.values())
     true = ages[test.sample_ids].to_numpy()
     studies = oral_data.metadata["study"][test.sample_ids].to_numpy()
-    six = ~np.isin(studies, SIX_STUDIES_LEFT_OUT)
+    six = ~np.isin(studies, list(oral.LOOKUP_STUDIES))
     return {"seconds": seconds, **regression_metrics(true, predicted),
             "mae_six_studies": regression_metrics(true[six], predicted[six])["mae"],
             "pretrain_val_unifrac_r2": float(encoder.history["val/unifrac_r2"].max()),
@@ -94,17 +87,12 @@ def main():
         if unknown:
             raise SystemExit(f"unknown settings {sorted(unknown)}; known: {sorted(DEFAULTS)}")
 
-    from q2_aam.core.data import split_indices
     oral_data = Oral()
-    train_idx, test_idx = split_indices(len(oral_data.ids), 0.2,
-                                        np.random.default_rng(args.split_seed))
-    train_ids = [oral_data.ids[i] for i in train_idx]
-    test_ids = [oral_data.ids[i] for i in test_idx]
+    train_ids, test_ids = split_ids(oral_data, args.split_seed)
     results = {"arguments": vars(args), "runs": []}
     for round_ in range(args.rounds):
         for variant in variants:
             settings = {**DEFAULTS, **variant}
-            os.environ["OMP_NUM_THREADS"] = str(settings["threads"])
             report = recipe(oral_data, train_ids, test_ids, settings, args.seed)
             results["runs"].append({"round": round_, "variant": variant["name"],
                                     "settings": settings, **report})

@@ -12,20 +12,15 @@ that growth over the epoch's steps (not only its first few) would show.
 import argparse
 import json
 import os
-import resource
 import threading
 import time
 
-import numpy as np
+from cohort_scaling import peak_rss_mb
 
 
 def rss_mb():
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
-
-
-def peak_rss_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # Linux: KiB
 
 
 class RSSSampler(threading.Thread):

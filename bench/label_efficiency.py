@@ -68,18 +68,30 @@ class Oral:
         return dense / dense.sum(1, keepdims=True)
 
 
+def split_ids(oral_data, split_seed):
+    """(training IDs, test IDs): the seeded 80/20 split every oral-dev benchmark uses."""
+    train_idx, test_idx = split_indices(len(oral_data.ids), 0.2,
+                                        np.random.default_rng(split_seed))
+    return [oral_data.ids[i] for i in train_idx], [oral_data.ids[i] for i in test_idx]
+
+
+def pretrain_encoder(oral_data, train_ids, embedding_dim, layers, epochs, seed):
+    """An encoder pretrained without labels on `train_ids` (learning rate 1e-3,
+    every epoch run, the best kept): the encoders BENCHMARKS.md's fits start from."""
+    model_cfg = ModelConfig(embedding_dim=embedding_dim, attention_layers=layers)
+    data = oral_data.sample_set(train_ids, model_cfg)
+    data.distances = oral.distances(oral.load_unifrac(), data)
+    return pretrain(data, model_cfg, TrainConfig.preset(
+        "pretrain", epochs=epochs, patience=epochs, learning_rate=1e-3, random_seed=seed))
+
+
 def encoder_for(oral_data, train_ids, args):
     """The encoder pretrained without labels on the training part (cached on disk)."""
     if os.path.exists(os.path.join(args.encoder_dir, "config.json")):
         return ModelBundle.load(args.encoder_dir), {"loaded_from": args.encoder_dir}
-    model_cfg = ModelConfig(embedding_dim=args.embedding_dim, attention_layers=args.layers)
-    data = oral_data.sample_set(train_ids, model_cfg)
-    unifrac = oral.load_unifrac().filter(data.sample_ids)
-    data.distances = unifrac.data.astype(np.float32)
     start = time.perf_counter()
-    encoder = pretrain(data, model_cfg, TrainConfig.preset(
-        "pretrain", epochs=args.pretrain_epochs, patience=args.pretrain_epochs,
-        learning_rate=1e-3, random_seed=args.split_seed))
+    encoder = pretrain_encoder(oral_data, train_ids, args.embedding_dim, args.layers,
+                               args.pretrain_epochs, args.split_seed)
     encoder.save(args.encoder_dir)
     best = encoder.history.loc[encoder.history["epoch"] == encoder.info["best_epoch"]].iloc[0]
     return encoder, {"seconds": time.perf_counter() - start,
@@ -129,7 +141,7 @@ def aam_fit(oral_data, encoder, task, mode, train_ids, test_ids, seed, args):
     test = oral_data.sample_set(test_ids, encoder.model_config)
     predicted, _ = predict(bundle, test)
     return (pd.Series(predicted, index=test.sample_ids)[list(test_ids)].to_numpy(),
-            bundle.info["best_epoch"])
+            {"best_epoch": bundle.info["best_epoch"]})
 
 
 def settings(text):
@@ -184,16 +196,15 @@ def cross_sectional(oral_data, encoder, results, args):
         true = oral_data.metadata["age"][test_ids]
         for model in args.cross_sectional_models.split(","):
             def job(model=model):
+                fitted = {}
                 if model == "forest":
                     predicted = random_forest(oral_data, "age", train_ids, test_ids, k)
                 elif model == "probe":
                     predicted = probe(oral_data, encoder, "age", train_ids, test_ids)
                 else:
-                    predicted, best_epoch = aam_fit(oral_data, encoder, "age", model,
-                                                    train_ids, test_ids, k, args)
-                    return {**score("age", true, predicted), "n_test": len(test_ids),
-                            "best_epoch": best_epoch}
-                return {**score("age", true, predicted), "n_test": len(test_ids)}
+                    predicted, fitted = aam_fit(oral_data, encoder, "age", model,
+                                                train_ids, test_ids, k, args)
+                return {**score("age", true, predicted), "n_test": len(test_ids), **fitted}
             run(f"cross_sectional/{model}/fold{k}", results, args, job)
         run(f"cross_sectional/median/fold{k}", results, args, lambda: score(
             "age", true, np.full(len(test_ids),
@@ -293,10 +304,7 @@ def main():
         with open(args.out) as fh:
             results["runs"] = json.load(fh)["runs"]
     oral_data = Oral()
-    train_idx, test_idx = split_indices(len(oral_data.ids), 0.2,
-                                        np.random.default_rng(args.split_seed))
-    train_ids = [oral_data.ids[i] for i in train_idx]
-    test_ids = [oral_data.ids[i] for i in test_idx]
+    train_ids, test_ids = split_ids(oral_data, args.split_seed)
     encoder, results["pretrain"] = encoder_for(oral_data, train_ids, args)
     if args.selection:
         train_ids, test_ids = selection_split(train_ids, args.selection, args.split_seed)
@@ -313,15 +321,15 @@ def main():
                         continue
 
                     def job(model=model, task=task, subset=subset, seed=seed, true=true):
+                        fitted = {}
                         if model == "forest":
                             predicted = random_forest(oral_data, task, subset, test_ids, seed)
                         elif model == "probe":
                             predicted = probe(oral_data, encoder, task, subset, test_ids)
                         else:
-                            predicted, best_epoch = aam_fit(oral_data, encoder, task, model,
-                                                            subset, test_ids, seed, args)
-                            return {**score(task, true, predicted), "best_epoch": best_epoch}
-                        return score(task, true, predicted)
+                            predicted, fitted = aam_fit(oral_data, encoder, task, model,
+                                                        subset, test_ids, seed, args)
+                        return {**score(task, true, predicted), **fitted}
                     name = model
                     if model in ("frozen", "finetuned"):
                         name += f"[{args.fit_settings}]" if args.fit_settings else ""

@@ -5,6 +5,10 @@ import os
 import numpy as np
 import pandas as pd
 
+# Studies where repeated samples of a few hosts make age a look-up; "six studies"
+# results leave them out.
+LOOKUP_STUDIES = frozenset({"qiita-550", "qiita-2202", "qiita-11052"})
+
 ORAL_DIR = os.environ.get("ORAL_DEV", os.path.join(os.path.dirname(__file__), "..", "..",
                                                    "shared", "data", "oral-dev"))
 

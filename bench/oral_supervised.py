@@ -26,7 +26,6 @@ from q2_aam.core.pretrain import pretrain  # noqa: E402
 from q2_aam.core.supervised import fit, predict  # noqa: E402
 
 # Studies where repeated sampling of a few hosts makes age a look-up.
-LOOKUP_STUDIES = {"qiita-550", "qiita-2202", "qiita-11052"}
 
 
 def random_forest(train_x, train_y, test_x, classify, seed):
@@ -44,7 +43,7 @@ def relative_frequencies(table, sample_ids):
 
 
 def regression_report(true, predicted, studies):
-    varying = np.array([s not in LOOKUP_STUDIES for s in studies])
+    varying = np.array([s not in oral.LOOKUP_STUDIES for s in studies])
     report = regression_metrics(true, predicted)
     error = np.abs(predicted - true)
     report["mae_six_varying_studies"] = float(error[varying].mean())
